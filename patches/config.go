@@ -1,0 +1,268 @@
+package patches
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// Listener is one externally exposed listener of a broker: its name (also the name of the port
+// entries brokerport adds) and the containerPort on which the broker serves it.
+type Listener struct {
+	Name          string
+	ContainerPort int32
+}
+
+// EnvName is the listener's part of brokerport's variable names: "schema-registry" → "SCHEMA_REGISTRY".
+func (l Listener) EnvName() string {
+	return strings.ToUpper(strings.ReplaceAll(l.Name, "-", "_"))
+}
+
+// Flavor names a broker image family whose external listener brokerport completes in full.
+type Flavor string
+
+const (
+	FlavorNone    Flavor = ""
+	FlavorKafka   Flavor = "kafka"   // Apache Kafka images: KAFKA_LISTENERS, ...
+	FlavorBitnami Flavor = "bitnami" // Bitnami images: KAFKA_CFG_LISTENERS, ...
+)
+
+// envPrefix is where the flavor's configuration variables start.
+func (f Flavor) envPrefix() string {
+	switch f {
+	case FlavorKafka:
+		return "KAFKA_"
+	case FlavorBitnami:
+		return "KAFKA_CFG_"
+	}
+	return ""
+}
+
+// Defaults used when a StatefulSet does not say otherwise.
+var (
+	DefaultListeners    = []Listener{{Name: "kafka", ContainerPort: 9094}}
+	DefaultAddressTypes = []corev1.NodeAddressType{
+		corev1.NodeExternalDNS, corev1.NodeExternalIP, corev1.NodeInternalDNS, corev1.NodeInternalIP, corev1.NodeHostName,
+	}
+	DefaultPortRange = PortRange{First: 30000, Last: 30085}
+)
+
+const (
+	DefaultMaxBrokers       = 8
+	DefaultListenerName     = "EXTERNAL"
+	DefaultSecurityProtocol = "PLAINTEXT"
+)
+
+var securityProtocols = []string{"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+
+// Options are brokerport's cluster-wide settings (flags of `serve` and `render`).
+type Options struct {
+	// PortRange is where port blocks are allocated.
+	PortRange PortRange
+	// AddressTypes is the node address preference when a StatefulSet does not set one.
+	AddressTypes []corev1.NodeAddressType
+	// GateImage, when set, is the image of the init container that holds a broker back until its
+	// host annotation is present.
+	GateImage string
+}
+
+// DefaultOptions returns the settings brokerport runs with when no flag changes them.
+func DefaultOptions() Options {
+	return Options{PortRange: DefaultPortRange, AddressTypes: slices.Clone(DefaultAddressTypes)}
+}
+
+// Config is one StatefulSet's brokerport configuration, read from its annotations.
+type Config struct {
+	Listeners []Listener
+	// PortBase is the first port of the StatefulSet's block; 0 until one is assigned.
+	PortBase         int32
+	MaxBrokers       int32
+	AddressTypes     []corev1.NodeAddressType
+	HostTemplate     *HostTemplate
+	AdvertiseEnv     string
+	Container        string
+	Flavor           Flavor
+	ListenerName     string
+	SecurityProtocol string
+}
+
+// BlockSize is how many ports the StatefulSet reserves: one per listener per possible broker.
+func (c Config) BlockSize() int32 { return c.MaxBrokers * int32(len(c.Listeners)) }
+
+// Block is the StatefulSet's reserved port range; valid only once PortBase is set.
+func (c Config) Block() PortRange {
+	return PortRange{First: c.PortBase, Last: c.PortBase + c.BlockSize() - 1}
+}
+
+// Port is the external port of broker ordinal i for listener index l.
+func (c Config) Port(ordinal, listener int) int32 {
+	return c.PortBase + int32(ordinal*len(c.Listeners)+listener)
+}
+
+// ParseConfig reads the configuration annotations. Every invalid value is reported, each naming
+// its annotation (under path), what is wrong and what is accepted.
+func ParseConfig(annotations map[string]string, path *field.Path, opts Options) (Config, field.ErrorList) {
+	cfg := Config{
+		Listeners:        DefaultListeners,
+		MaxBrokers:       DefaultMaxBrokers,
+		AddressTypes:     opts.AddressTypes,
+		ListenerName:     DefaultListenerName,
+		SecurityProtocol: DefaultSecurityProtocol,
+	}
+	if len(cfg.AddressTypes) == 0 {
+		cfg.AddressTypes = DefaultAddressTypes
+	}
+	var errs field.ErrorList
+	invalid := func(key, value, detail string) {
+		errs = append(errs, field.Invalid(path.Key(key), value, detail))
+	}
+
+	if v, ok := annotations[AnnotationListeners]; ok {
+		listeners, err := parseListeners(v)
+		if err != nil {
+			invalid(AnnotationListeners, v, err.Error()+`; want name=containerPort pairs separated by commas, e.g. "kafka=9094,http=8083"`)
+		} else {
+			cfg.Listeners = listeners
+		}
+	}
+	if v, ok := annotations[AnnotationPortBase]; ok {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 1 || n > 65535 {
+			invalid(AnnotationPortBase, v, "must be a port number from 1 to 65535; remove it to have a free block assigned")
+		} else {
+			cfg.PortBase = int32(n)
+		}
+	}
+	if v, ok := annotations[AnnotationMaxBrokers]; ok {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 1 || n > 1000 {
+			invalid(AnnotationMaxBrokers, v, "must be a whole number from 1 to 1000")
+		} else {
+			cfg.MaxBrokers = int32(n)
+		}
+	}
+	if v, ok := annotations[AnnotationAddressTypes]; ok {
+		types, err := parseAddressTypes(v)
+		if err != nil {
+			invalid(AnnotationAddressTypes, v, err.Error())
+		} else {
+			cfg.AddressTypes = types
+		}
+	}
+	if v, ok := annotations[AnnotationHostTemplate]; ok {
+		tmpl, err := ParseHostTemplate(v)
+		if err != nil {
+			invalid(AnnotationHostTemplate, v, err.Error())
+		} else {
+			cfg.HostTemplate = tmpl
+		}
+	}
+	if v, ok := annotations[AnnotationAdvertiseEnv]; ok {
+		if msgs := validation.IsEnvVarName(v); len(msgs) > 0 || strings.HasPrefix(v, EnvPrefix) {
+			invalid(AnnotationAdvertiseEnv, v, "must name an environment variable of the broker container (letters, digits, '_', not starting with a digit) that is not brokerport's own BROKERPORT_*")
+		} else {
+			cfg.AdvertiseEnv = v
+		}
+	}
+	if v, ok := annotations[AnnotationContainer]; ok {
+		if msgs := validation.IsDNS1123Label(v); len(msgs) > 0 {
+			invalid(AnnotationContainer, v, "must be the name of a container of the pod (a DNS-1123 label)")
+		} else {
+			cfg.Container = v
+		}
+	}
+	if v, ok := annotations[AnnotationFlavor]; ok {
+		switch f := Flavor(v); f {
+		case FlavorKafka, FlavorBitnami:
+			cfg.Flavor = f
+		default:
+			invalid(AnnotationFlavor, v, `accepted values: "kafka" (Apache Kafka images, KAFKA_*), "bitnami" (KAFKA_CFG_*)`)
+		}
+	}
+	if v, ok := annotations[AnnotationListenerName]; ok {
+		if !isKafkaListenerName(v) {
+			invalid(AnnotationListenerName, v, "must be a Kafka listener name: upper-case letters, digits and '_', starting with a letter")
+		} else {
+			cfg.ListenerName = v
+		}
+	}
+	if v, ok := annotations[AnnotationSecurityProtocol]; ok {
+		if !slices.Contains(securityProtocols, v) {
+			invalid(AnnotationSecurityProtocol, v, "accepted values: "+strings.Join(securityProtocols, ", "))
+		} else {
+			cfg.SecurityProtocol = v
+		}
+	}
+
+	if cfg.Flavor != FlavorNone {
+		want := cfg.Flavor.envPrefix() + "ADVERTISED_LISTENERS"
+		if cfg.AdvertiseEnv == "" {
+			cfg.AdvertiseEnv = want
+		} else if cfg.AdvertiseEnv != want {
+			invalid(AnnotationAdvertiseEnv, cfg.AdvertiseEnv, fmt.Sprintf("flavor %q advertises through %s; remove the annotation or make it %s", cfg.Flavor, want, want))
+		}
+	}
+	if cfg.PortBase != 0 && len(errs) == 0 && int64(cfg.PortBase)+int64(cfg.BlockSize())-1 > 65535 {
+		invalid(AnnotationPortBase, annotations[AnnotationPortBase], fmt.Sprintf("a block of %d ports (%s × %d listeners) starting here runs past 65535", cfg.BlockSize(), AnnotationMaxBrokers, len(cfg.Listeners)))
+	}
+	return cfg, errs
+}
+
+func parseListeners(v string) ([]Listener, error) {
+	var out []Listener
+	for _, item := range strings.Split(v, ",") {
+		name, portText, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok {
+			return nil, fmt.Errorf("%q has no '='", item)
+		}
+		if msgs := validation.IsValidPortName(name); len(msgs) > 0 {
+			return nil, fmt.Errorf("listener name %q is not a valid port name (at most 15 lower-case letters, digits and '-', with a letter)", name)
+		}
+		port, err := strconv.ParseInt(portText, 10, 32)
+		if err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("listener %q: containerPort %q is not a port number from 1 to 65535", name, portText)
+		}
+		for _, seen := range out {
+			if seen.Name == name {
+				return nil, fmt.Errorf("listener %q is named twice", name)
+			}
+			if seen.ContainerPort == int32(port) {
+				return nil, fmt.Errorf("listeners %q and %q share containerPort %d", seen.Name, name, port)
+			}
+		}
+		out = append(out, Listener{Name: name, ContainerPort: int32(port)})
+	}
+	return out, nil
+}
+
+func parseAddressTypes(v string) ([]corev1.NodeAddressType, error) {
+	var out []corev1.NodeAddressType
+	for _, item := range strings.Split(v, ",") {
+		t := corev1.NodeAddressType(strings.TrimSpace(item))
+		if !slices.Contains(DefaultAddressTypes, t) {
+			return nil, fmt.Errorf("%q is not a node address type; accepted, in any order: ExternalDNS, ExternalIP, InternalDNS, InternalIP, Hostname", item)
+		}
+		if slices.Contains(out, t) {
+			return nil, fmt.Errorf("%q is listed twice", item)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func isKafkaListenerName(v string) bool {
+	if v == "" || v[0] < 'A' || v[0] > 'Z' {
+		return false
+	}
+	for _, r := range v {
+		if (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '_' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,62 @@
+// Package patches holds brokerport's mutations as pure functions: from an object, its configuration
+// and what the caller knows of the cluster to the mutated object. No client, no HTTP, no clock:
+// the same inputs always give the same output, which is what the golden tests and `render` rely on.
+package patches
+
+// The opt-in label, put on a StatefulSet by the user and copied into its pod template.
+const (
+	LabelExpose = "brokerport.io/expose"
+	ExposeValue = "true"
+	// LabelCluster names the StatefulSet a broker pod or Service belongs to; the anti-affinity
+	// term selects on it so that two brokers of one StatefulSet never share a node.
+	LabelCluster = "brokerport.io/cluster"
+)
+
+// Configuration annotations, set on the StatefulSet and copied into its pod template so that the
+// pod webhook needs no look-up.
+const (
+	AnnotationListeners        = "brokerport.io/listeners"
+	AnnotationPortBase         = "brokerport.io/port-base"
+	AnnotationMaxBrokers       = "brokerport.io/max-brokers"
+	AnnotationAddressTypes     = "brokerport.io/address-types"
+	AnnotationHostTemplate     = "brokerport.io/host-template"
+	AnnotationAdvertiseEnv     = "brokerport.io/advertise-env"
+	AnnotationContainer        = "brokerport.io/container"
+	AnnotationFlavor           = "brokerport.io/flavor"
+	AnnotationListenerName     = "brokerport.io/listener-name"
+	AnnotationSecurityProtocol = "brokerport.io/security-protocol"
+)
+
+// configAnnotations are the annotations copied from a StatefulSet into its pod template, in a
+// fixed order so that error lists come out the same way every time.
+var configAnnotations = []string{
+	AnnotationListeners,
+	AnnotationPortBase,
+	AnnotationMaxBrokers,
+	AnnotationAddressTypes,
+	AnnotationHostTemplate,
+	AnnotationAdvertiseEnv,
+	AnnotationContainer,
+	AnnotationFlavor,
+	AnnotationListenerName,
+	AnnotationSecurityProtocol,
+}
+
+// Address annotations, written on a broker pod when it is bound to a node.
+const (
+	AnnotationHost = "brokerport.io/host"
+	AnnotationZone = "brokerport.io/zone"
+	AnnotationNode = "brokerport.io/node"
+)
+
+// Labels set by Kubernetes that brokerport reads.
+const (
+	labelPodName  = "statefulset.kubernetes.io/pod-name"
+	labelPodIndex = "apps.kubernetes.io/pod-index"
+	labelHostname = "kubernetes.io/hostname"
+	LabelZone     = "topology.kubernetes.io/zone"
+)
+
+// EnvPrefix is reserved: every variable of a broker container whose name starts with it is
+// brokerport's, and is rewritten on each mutation.
+const EnvPrefix = "BROKERPORT_"

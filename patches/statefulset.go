@@ -1,0 +1,103 @@
+package patches
+
+import (
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// IsExposed tells whether an object's labels opt it in.
+func IsExposed(labels map[string]string) bool { return labels[LabelExpose] == ExposeValue }
+
+// MutateStatefulSet applies the opt-in to sts, changing it in place: it validates the
+// configuration, assigns the port block once, and copies the opt-in, the cluster label and the
+// configuration into the pod template. A StatefulSet that is not (or no longer) opted in has all
+// of that taken out of its template again. inUse holds the ports reserved by everything except
+// this StatefulSet.
+func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) field.ErrorList {
+	template := &sts.Spec.Template.ObjectMeta
+	if !IsExposed(sts.Labels) {
+		delete(template.Labels, LabelExpose)
+		delete(template.Labels, LabelCluster)
+		maps.DeleteFunc(template.Annotations, func(k, _ string) bool { return isBrokerportKey(k) })
+		return nil
+	}
+
+	annotationsPath := field.NewPath("metadata", "annotations")
+	cfg, errs := ParseConfig(sts.Annotations, annotationsPath, opts)
+	if msgs := validation.IsValidLabelValue(sts.Name); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), sts.Name, "brokerport labels broker pods with the StatefulSet's name, so it must be a valid label value: "+strings.Join(msgs, "; ")))
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	if err := assignPortBlock(sts, &cfg, inUse, opts, annotationsPath.Key(AnnotationPortBase)); err != nil {
+		return field.ErrorList{err}
+	}
+	if last := lastOrdinal(sts); last >= cfg.MaxBrokers {
+		return field.ErrorList{field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
+			"broker ordinal %d would be past the %d brokers the port block %s holds; raise %s and remove %s so that a larger block is assigned (the brokers roll onto new ports)",
+			last, cfg.MaxBrokers, cfg.Block(), AnnotationMaxBrokers, AnnotationPortBase))}
+	}
+
+	template.Labels = setKey(template.Labels, LabelExpose, ExposeValue)
+	template.Labels = setKey(template.Labels, LabelCluster, sts.Name)
+	maps.DeleteFunc(template.Annotations, func(k, _ string) bool { return isBrokerportKey(k) })
+	for _, key := range configAnnotations {
+		if v, ok := sts.Annotations[key]; ok {
+			template.Annotations = setKey(template.Annotations, key, v)
+		}
+	}
+	return nil
+}
+
+// assignPortBlock gives the StatefulSet the lowest free block, or checks the one it has: an
+// explicit port base is validated, never moved.
+func assignPortBlock(sts *appsv1.StatefulSet, cfg *Config, inUse PortSet, opts Options, path *field.Path) *field.Error {
+	if cfg.PortBase == 0 {
+		base, err := AllocateBlock(inUse, opts.PortRange, cfg.BlockSize())
+		if err != nil {
+			return field.Forbidden(path, err.Error())
+		}
+		cfg.PortBase = base
+		sts.Annotations = setKey(sts.Annotations, AnnotationPortBase, strconv.Itoa(int(base)))
+		return nil
+	}
+	block := cfg.Block()
+	value := sts.Annotations[AnnotationPortBase]
+	if block.First < opts.PortRange.First || block.Last > opts.PortRange.Last {
+		return field.Invalid(path, value, fmt.Sprintf("the block %s (%d ports) must lie within brokerport's port range %s; remove the annotation to have a free block assigned", block, block.Size(), opts.PortRange))
+	}
+	if res, taken := inUse.Conflict(block); taken {
+		return field.Invalid(path, value, fmt.Sprintf("the block %s overlaps ports %s held by %s; remove the annotation to have a free block assigned", block, res.PortRange, res.Owner))
+	}
+	return nil
+}
+
+// lastOrdinal is the highest broker ordinal the StatefulSet asks for.
+func lastOrdinal(sts *appsv1.StatefulSet) int32 {
+	replicas, start := int32(1), int32(0)
+	if sts.Spec.Replicas != nil {
+		replicas = *sts.Spec.Replicas
+	}
+	if sts.Spec.Ordinals != nil {
+		start = sts.Spec.Ordinals.Start
+	}
+	return start + replicas - 1
+}
+
+func isBrokerportKey(k string) bool { return strings.HasPrefix(k, "brokerport.io/") }
+
+// setKey sets m[k] = v, creating the map when needed.
+func setKey(m map[string]string, k, v string) map[string]string {
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[k] = v
+	return m
+}

@@ -1,0 +1,101 @@
+// Package webhook is brokerport's admission plumbing: one admission.Handler per resource, each
+// deciding whether to act, asking patches/ for the mutation, and answering with a JSON patch.
+package webhook
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/brokerport/brokerport/patches"
+)
+
+// Snapshot is what the handlers know of the cluster. ReaderSnapshot reads it from informer
+// caches in production and from fixed objects in tests and `render`.
+type Snapshot interface {
+	// PortsInUse are the ports held by everything except StatefulSet namespace/name: the blocks
+	// of the other opted-in StatefulSets and every Service nodePort but its own brokers'.
+	PortsInUse(ctx context.Context, namespace, name string) (patches.PortSet, error)
+	// ExposedStatefulSet is the opted-in StatefulSet namespace/name, or nil.
+	ExposedStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
+	// Node is the node called name, or nil when it is not known.
+	Node(ctx context.Context, name string) (*corev1.Node, error)
+}
+
+// ReaderSnapshot is a Snapshot over a client.Reader: the manager's cache in production (reads are
+// in memory, no API call), a fake client over fixed objects elsewhere. Lists select by label
+// themselves, so they give the same answer whether or not the cache is label-filtered.
+type ReaderSnapshot struct {
+	Reader  client.Reader
+	Options patches.Options
+}
+
+var _ Snapshot = ReaderSnapshot{}
+
+func (s ReaderSnapshot) PortsInUse(ctx context.Context, namespace, name string) (patches.PortSet, error) {
+	var reservations []patches.Reservation
+
+	var sets appsv1.StatefulSetList
+	if err := s.Reader.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
+		return patches.PortSet{}, fmt.Errorf("listing opted-in StatefulSets: %w", err)
+	}
+	for i := range sets.Items {
+		sts := &sets.Items[i]
+		if sts.Namespace == namespace && sts.Name == name {
+			continue
+		}
+		// A StatefulSet whose configuration does not parse was refused when it was labeled, so
+		// it holds no block brokerport could honour.
+		cfg, errs := patches.ParseConfig(sts.Annotations, nil, s.Options)
+		if len(errs) == 0 && cfg.PortBase != 0 {
+			reservations = append(reservations, patches.Reservation{PortRange: cfg.Block(), Owner: fmt.Sprintf("StatefulSet %s/%s", sts.Namespace, sts.Name)})
+		}
+	}
+
+	var services corev1.ServiceList
+	if err := s.Reader.List(ctx, &services); err != nil {
+		return patches.PortSet{}, fmt.Errorf("listing Services: %w", err)
+	}
+	for _, svc := range services.Items {
+		if svc.Namespace == namespace && svc.Labels[patches.LabelCluster] == name {
+			continue
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.NodePort != 0 {
+				reservations = append(reservations, patches.Reservation{
+					PortRange: patches.PortRange{First: p.NodePort, Last: p.NodePort},
+					Owner:     fmt.Sprintf("Service %s/%s (nodePort of port %q)", svc.Namespace, svc.Name, p.Name),
+				})
+			}
+		}
+	}
+	return patches.NewPortSet(reservations...), nil
+}
+
+func (s ReaderSnapshot) ExposedStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error) {
+	sts := &appsv1.StatefulSet{}
+	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, sts)
+	if apierrors.IsNotFound(err) || (err == nil && !patches.IsExposed(sts.Labels)) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting StatefulSet %s/%s: %w", namespace, name, err)
+	}
+	return sts, nil
+}
+
+func (s ReaderSnapshot) Node(ctx context.Context, name string) (*corev1.Node, error) {
+	node := &corev1.Node{}
+	err := s.Reader.Get(ctx, client.ObjectKey{Name: name}, node)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting Node %s: %w", name, err)
+	}
+	return node, nil
+}
