@@ -75,12 +75,13 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 	}
 	addAntiAffinity(pod, broker.Cluster)
 
-	env := brokerEnv(broker)
+	// Appending first keeps the paths in its errors those of the pod as the user wrote it.
 	c := &pod.Spec.Containers[ci]
-	c.Env = withBrokerEnv(c.Env, env)
 	if err := advertise(c, broker.Config, containers.Index(ci).Child("env")); err != nil {
 		return field.ErrorList{err}
 	}
+	env := brokerEnv(broker)
+	c.Env = withBrokerEnv(c.Env, env)
 	for i := range pod.Spec.InitContainers {
 		pod.Spec.InitContainers[i].Env = withBrokerEnv(pod.Spec.InitContainers[i].Env, env)
 	}

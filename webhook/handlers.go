@@ -57,7 +57,11 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 	if errs := patches.MutateStatefulSet(mutated, inUse, h.opts); len(errs) > 0 {
 		return denied(statefulSetKind, objectName(req, sts.Name), errs)
 	}
-	return patchResponse(req.Object.Raw, sts, mutated)
+	unchanged := "already as brokerport wants it"
+	if !patches.IsExposed(sts.Labels) {
+		unchanged = "not opted in"
+	}
+	return patchResponse(req.Object.Raw, sts, mutated, unchanged)
 }
 
 // PodHandler exposes a broker pod on create: hostPorts, one broker per node, brokerport's
@@ -94,7 +98,7 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 	if errs := patches.MutatePod(mutated, node, h.opts); len(errs) > 0 {
 		return denied(podKind, objectName(req, pod.Name), errs)
 	}
-	return patchResponse(req.Object.Raw, pod, mutated)
+	return patchResponse(req.Object.Raw, pod, mutated, "already as brokerport wants it")
 }
 
 // ServiceHandler makes an opted-in Service a NodePort Service on its broker's external ports.
@@ -139,5 +143,5 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 	if errs := patches.MutateService(mutated, sts, h.opts); len(errs) > 0 {
 		return denied(serviceKind, objectName(req, svc.Name), errs)
 	}
-	return patchResponse(req.Object.Raw, svc, mutated)
+	return patchResponse(req.Object.Raw, svc, mutated, "already as brokerport wants it")
 }

@@ -15,14 +15,15 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 )
 
-// patchResponse answers with the patch that turns the request's raw object into mutated.
+// patchResponse answers with the patch that turns the request's raw object into mutated, or
+// allows it with the message unchanged when there is nothing to change.
 //
 // The patch is diffed from the raw request bytes, so that paths are valid against what the API
 // server holds. Decoding into Go structs loses fields they do not know and adds zero values the
 // request never had; diffing raw against the decoded original finds those operations, and they
 // are dropped: brokerport changes only what it means to change, and unknown fields survive (as
 // controller-runtime's defaulter does for removals).
-func patchResponse(raw []byte, original, mutated any) admission.Response {
+func patchResponse(raw []byte, original, mutated any, unchanged string) admission.Response {
 	originalJSON, err := json.Marshal(original)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the original object: %w", err))
@@ -32,7 +33,7 @@ func patchResponse(raw []byte, original, mutated any) admission.Response {
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the mutated object: %w", err))
 	}
 	if bytes.Equal(originalJSON, mutatedJSON) {
-		return admission.Allowed("already as brokerport wants it")
+		return admission.Allowed(unchanged)
 	}
 	resp := admission.PatchResponseFromRaw(raw, mutatedJSON)
 	if !resp.Allowed {
@@ -48,7 +49,7 @@ func patchResponse(raw []byte, original, mutated any) admission.Response {
 	}
 	resp.Patches = slices.DeleteFunc(resp.Patches, func(op jsonpatch.JsonPatchOperation) bool { return fromDecoding[opKey(op)] })
 	if len(resp.Patches) == 0 {
-		return admission.Allowed("already as brokerport wants it")
+		return admission.Allowed(unchanged)
 	}
 	return resp
 }

@@ -1,0 +1,94 @@
+package patches
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func single(p int32, owner string) Reservation {
+	return Reservation{PortRange: PortRange{First: p, Last: p}, Owner: owner}
+}
+
+func block(first, last int32, owner string) Reservation {
+	return Reservation{PortRange: PortRange{First: first, Last: last}, Owner: owner}
+}
+
+func TestAllocateBlock(t *testing.T) {
+	within := PortRange{First: 30000, Last: 30085}
+	tests := map[string]struct {
+		inUse   []Reservation
+		size    int32
+		want    int32
+		wantErr string
+	}{
+		"empty cluster takes the first port":    {size: 8, want: 30000},
+		"after another block":                   {inUse: []Reservation{block(30000, 30007, "a")}, size: 8, want: 30008},
+		"a gap too small is skipped":            {inUse: []Reservation{block(30000, 30007, "a"), single(30012, "svc")}, size: 8, want: 30013},
+		"a gap that fits exactly is taken":      {inUse: []Reservation{block(30000, 30007, "a"), block(30016, 30023, "b")}, size: 8, want: 30008},
+		"unsorted input is sorted":              {inUse: []Reservation{block(30016, 30023, "b"), block(30000, 30007, "a")}, size: 8, want: 30008},
+		"overlapping reservations":              {inUse: []Reservation{block(30000, 30030, "a"), block(30004, 30010, "b")}, size: 4, want: 30031},
+		"ports outside the range do not matter": {inUse: []Reservation{single(29999, "x"), single(30086, "y")}, size: 86, want: 30000},
+		"the last block that fits":              {inUse: []Reservation{block(30000, 30077, "a")}, size: 8, want: 30078},
+		"exhausted": {
+			inUse: []Reservation{block(30000, 30078, "a")}, size: 8,
+			wantErr: "no block of 8 free ports is left in the port range 30000-30085 (86 ports): widen it with --port-range, or lower brokerport.io/max-brokers or the number of listeners",
+		},
+		"bigger than the range": {size: 87, wantErr: "no block of 87 free ports"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := AllocateBlock(NewPortSet(tc.inUse...), within, tc.size)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestPortSetConflict(t *testing.T) {
+	set := NewPortSet(block(30000, 30031, "StatefulSet a/long"), single(30040, "Service b/web"), block(30050, 30057, "StatefulSet c/x"))
+	tests := map[string]struct {
+		r         PortRange
+		wantOwner string
+	}{
+		"inside a long block":        {PortRange{30020, 30021}, "StatefulSet a/long"},
+		"touching a single port":     {PortRange{30033, 30040}, "Service b/web"},
+		"in a gap":                   {PortRange{30032, 30039}, ""},
+		"overlapping a block's tail": {PortRange{30057, 30070}, "StatefulSet c/x"},
+		"after everything":           {PortRange{30058, 30085}, ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			res, ok := set.Conflict(tc.r)
+			assert.Equal(t, tc.wantOwner != "", ok)
+			assert.Equal(t, tc.wantOwner, res.Owner)
+		})
+	}
+}
+
+func TestParsePortRange(t *testing.T) {
+	r, err := ParsePortRange("30000-30085")
+	require.NoError(t, err)
+	assert.Equal(t, PortRange{First: 30000, Last: 30085}, r)
+	r, err = ParsePortRange("31000")
+	require.NoError(t, err)
+	assert.Equal(t, PortRange{First: 31000, Last: 31000}, r)
+	for _, bad := range []string{"", "a-b", "30085-30000", "0-10", "1-65536"} {
+		_, err := ParsePortRange(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+func TestPortFormula(t *testing.T) {
+	cfg := Config{PortBase: 30011, MaxBrokers: 8, Listeners: []Listener{{"kafka", 9094}, {"http", 8083}, {"schema-registry", 8084}, {"admin", 9645}}}
+	assert.Equal(t, int32(30011), cfg.Port(0, 0))
+	assert.Equal(t, int32(30018), cfg.Port(1, 3))
+	assert.Equal(t, int32(30042), cfg.Port(7, 3))
+	assert.Equal(t, PortRange{First: 30011, Last: 30042}, cfg.Block())
+}
