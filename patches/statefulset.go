@@ -24,7 +24,7 @@ func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) fie
 	if !IsExposed(sts.Labels) {
 		delete(template.Labels, LabelExpose)
 		delete(template.Labels, LabelCluster)
-		maps.DeleteFunc(template.Annotations, func(k, _ string) bool { return isBrokerportKey(k) })
+		maps.DeleteFunc(template.Annotations, func(k, _ string) bool { return IsBrokerportKey(k) })
 		return nil
 	}
 
@@ -47,7 +47,7 @@ func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) fie
 
 	template.Labels = setKey(template.Labels, LabelExpose, ExposeValue)
 	template.Labels = setKey(template.Labels, LabelCluster, sts.Name)
-	maps.DeleteFunc(template.Annotations, func(k, _ string) bool { return isBrokerportKey(k) })
+	maps.DeleteFunc(template.Annotations, func(k, _ string) bool { return IsBrokerportKey(k) })
 	for _, key := range configAnnotations {
 		if v, ok := sts.Annotations[key]; ok {
 			template.Annotations = setKey(template.Annotations, key, v)
@@ -91,7 +91,8 @@ func lastOrdinal(sts *appsv1.StatefulSet) int32 {
 	return start + replicas - 1
 }
 
-func isBrokerportKey(k string) bool { return strings.HasPrefix(k, "brokerport.io/") }
+// IsBrokerportKey tells whether a label or annotation key is one of brokerport's.
+func IsBrokerportKey(k string) bool { return strings.HasPrefix(k, "brokerport.io/") }
 
 // setKey sets m[k] = v, creating the map when needed.
 func setKey(m map[string]string, k, v string) map[string]string {

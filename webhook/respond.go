@@ -7,12 +7,12 @@ import (
 	"net/http"
 	"slices"
 
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-	"gomodules.xyz/jsonpatch/v2"
 )
 
 // patchResponse answers with the patch that turns the request's raw object into mutated, or

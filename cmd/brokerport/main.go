@@ -1,0 +1,201 @@
+// Command brokerport is the webhook server and its offline tools. This file parses flags and
+// wires packages together; what brokerport does lives in patches/ and webhook/.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/brokerport/brokerport/patches"
+	"github.com/brokerport/brokerport/webhook"
+	"github.com/brokerport/brokerport/webhook/render"
+)
+
+const usage = `brokerport exposes every Kafka-API broker of a labeled StatefulSet on its own node.
+
+Usage:
+  brokerport serve  [flags]               run the admission webhook
+  brokerport render -f FILE [--nodes FILE] show what the webhook would do to a manifest, offline
+
+Run "brokerport COMMAND -h" for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "serve":
+		err = serve(args)
+	case "render":
+		err = renderCmd(args)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "brokerport: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "brokerport %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+// optionFlags registers the settings shared by serve and render.
+func optionFlags(fs *flag.FlagSet) func() (patches.Options, error) {
+	portRange := fs.String("port-range", patches.DefaultPortRange.String(), "ports brokerport assigns blocks from (the API server's NodePort static band by default)")
+	addressTypes := fs.String("address-types", "ExternalDNS,ExternalIP,InternalDNS,InternalIP,Hostname", "node address preference for StatefulSets that set none")
+	return func() (patches.Options, error) {
+		opts := patches.DefaultOptions()
+		r, err := patches.ParsePortRange(*portRange)
+		if err != nil {
+			return opts, fmt.Errorf("--port-range: %w", err)
+		}
+		opts.PortRange = r
+		cfg, errs := patches.ParseConfig(map[string]string{patches.AnnotationAddressTypes: *addressTypes}, nil, opts)
+		if len(errs) > 0 {
+			return opts, fmt.Errorf("--address-types: %s", errs[0].Detail)
+		}
+		opts.AddressTypes = cfg.AddressTypes
+		return opts, nil
+	}
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	certDir := fs.String("cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key (reloaded when they change)")
+	port := fs.Int("port", 9443, "webhook listener port")
+	metricsAddr := fs.String("metrics-bind-address", ":8080", "Prometheus metrics address (0 to disable)")
+	probeAddr := fs.String("health-probe-bind-address", ":8081", "/healthz and /readyz address")
+	options := optionFlags(fs)
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	opts, err := options()
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+
+	scheme := webhook.Scheme()
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  webhook.CacheOptions(),
+		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress: *probeAddr,
+		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{
+			Port: *port, CertDir: *certDir, TLSOpts: webhook.TLSOptions(),
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	// Start the informers with the manager, so that readiness can wait for them.
+	ctx := ctrl.SetupSignalHandler()
+	if err := startInformers(ctx, mgr); err != nil {
+		return err
+	}
+	webhook.Register(mgr.GetWebhookServer(), scheme, webhook.ReaderSnapshot{Reader: mgr.GetCache(), Options: opts}, opts)
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("caches", func(req *http.Request) error {
+		waitCtx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(waitCtx) {
+			return errors.New("informer caches have not synced yet")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}
+
+func startInformers(ctx context.Context, mgr ctrl.Manager) error {
+	for _, obj := range webhook.CachedTypes() {
+		if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
+			return fmt.Errorf("starting the %T informer: %w", obj, err)
+		}
+	}
+	return nil
+}
+
+func renderCmd(args []string) error {
+	fs := flag.NewFlagSet("render", flag.ExitOnError)
+	file := fs.String("f", "", "manifest to render (multi-document YAML, e.g. helm template output; - for stdin)")
+	nodesFile := fs.String("nodes", "", "Node objects to bind brokers to (default: node-0…node-N with ExternalIPs 203.0.113.1…, zones zone-a/b/c)")
+	options := optionFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *file == "" {
+		return errors.New("-f FILE is required")
+	}
+	opts, err := options()
+	if err != nil {
+		return err
+	}
+	objects, err := readObjects(*file)
+	if err != nil {
+		return err
+	}
+	var nodes []*corev1.Node
+	if *nodesFile != "" {
+		raw, err := readObjects(*nodesFile)
+		if err != nil {
+			return err
+		}
+		if nodes, err = render.DecodeNodes(raw); err != nil {
+			return fmt.Errorf("--nodes %s: %w", *nodesFile, err)
+		}
+	} else {
+		nodes = render.DefaultNodes(render.MostReplicas(objects))
+	}
+	res, err := render.Render(context.Background(), objects, nodes, opts)
+	if err != nil {
+		return err
+	}
+	for _, note := range res.Notes {
+		fmt.Fprintln(os.Stderr, "note:", note)
+	}
+	return res.Write(os.Stdout)
+}
+
+func readObjects(path string) ([][]byte, error) {
+	f := os.Stdin
+	if path != "-" {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			return nil, err
+		}
+		defer f.Close()
+	}
+	objects, err := render.ReadObjects(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", strings.TrimSpace(path), err)
+	}
+	return objects, nil
+}

@@ -1,0 +1,129 @@
+package webhook
+
+import (
+	"crypto/tls"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/brokerport/brokerport/patches"
+)
+
+// The paths the MutatingWebhookConfiguration calls.
+const (
+	PathStatefulSets = "/mutate-statefulsets"
+	PathPods         = "/mutate-pods"
+	PathServices     = "/mutate-services"
+)
+
+// Register serves brokerport's handlers on server.
+func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) {
+	server.Register(PathStatefulSets, &admission.Webhook{Handler: counted{"statefulsets", NewStatefulSetHandler(scheme, snapshot, opts)}})
+	server.Register(PathPods, &admission.Webhook{Handler: counted{"pods", NewPodHandler(scheme, snapshot, opts)}})
+	server.Register(PathServices, &admission.Webhook{Handler: counted{"services", NewServiceHandler(scheme, snapshot, opts)}})
+}
+
+// TLSOptions are the webhook listener's: TLS 1.2 at least, and HTTP/1.1 only, as
+// controller-runtime advises since CVE-2023-44487 (HTTP/2 rapid reset).
+func TLSOptions() []func(*tls.Config) {
+	return []func(*tls.Config){func(c *tls.Config) {
+		c.MinVersion = tls.VersionTLS12
+		c.NextProtos = []string{"http/1.1"}
+		// TLS 1.2 suites limited to forward-secret AEAD ones; TLS 1.3 suites are not configurable.
+		c.CipherSuites = []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		}
+	}}
+}
+
+// CachedTypes are the informers the handlers read; serve starts them before it is ready.
+func CachedTypes() []client.Object {
+	return []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}, &corev1.Node{}}
+}
+
+// CacheOptions keeps in memory only what the handlers read: opted-in StatefulSets, every
+// Service's nodePorts and every node's addresses and zone. Memory stays flat however large the
+// objects are.
+func CacheOptions() cache.Options {
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&appsv1.StatefulSet{}: {
+				Label:     labels.SelectorFromSet(labels.Set{patches.LabelExpose: patches.ExposeValue}),
+				Transform: keepStatefulSet,
+			},
+			&corev1.Service{}: {Transform: keepServicePorts},
+			&corev1.Node{}:    {Transform: keepNodeAddress},
+		},
+		DefaultTransform: cache.TransformStripManagedFields(),
+	}
+}
+
+func slimMeta(m metav1.ObjectMeta, keepLabels, keepAnnotations func(string) bool) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
+	for k, v := range m.Labels {
+		if keepLabels(k) {
+			out.Labels = setLabel(out.Labels, k, v)
+		}
+	}
+	for k, v := range m.Annotations {
+		if keepAnnotations(k) {
+			out.Annotations = setLabel(out.Annotations, k, v)
+		}
+	}
+	return out
+}
+
+func setLabel(m map[string]string, k, v string) map[string]string {
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[k] = v
+	return m
+}
+
+func none(string) bool { return false }
+
+func keepStatefulSet(obj any) (any, error) {
+	sts, ok := obj.(*appsv1.StatefulSet)
+	if !ok {
+		return obj, nil
+	}
+	return &appsv1.StatefulSet{
+		ObjectMeta: slimMeta(sts.ObjectMeta, patches.IsBrokerportKey, patches.IsBrokerportKey),
+		Spec:       appsv1.StatefulSetSpec{Replicas: sts.Spec.Replicas, Ordinals: sts.Spec.Ordinals},
+	}, nil
+}
+
+func keepServicePorts(obj any) (any, error) {
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Service{ObjectMeta: slimMeta(svc.ObjectMeta, patches.IsBrokerportKey, none)}
+	for _, p := range svc.Spec.Ports {
+		if p.NodePort != 0 {
+			out.Spec.Ports = append(out.Spec.Ports, corev1.ServicePort{Name: p.Name, NodePort: p.NodePort})
+		}
+	}
+	return out, nil
+}
+
+func keepNodeAddress(obj any) (any, error) {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		ObjectMeta: slimMeta(node.ObjectMeta, func(k string) bool { return k == patches.LabelZone || k == corev1.LabelTopologyRegion }, none),
+		Status:     corev1.NodeStatus{Addresses: node.Status.Addresses},
+	}, nil
+}
