@@ -34,7 +34,7 @@ func BrokerOf(pod *corev1.Pod, opts Options) (Broker, field.ErrorList) {
 	if cfg.PortBase == 0 {
 		return Broker{}, field.ErrorList{field.Required(annotationsPath.Key(AnnotationPortBase), "set from the StatefulSet by brokerport; opt in the StatefulSet, not the pod")}
 	}
-	ordinal, ok := ordinalOf(pod.Name, cluster)
+	ordinal, ok := OrdinalOf(pod.Name, cluster)
 	if !ok {
 		return Broker{}, field.ErrorList{field.Invalid(field.NewPath("metadata", "name"), pod.Name, fmt.Sprintf("a broker of StatefulSet %q must be named %s-<ordinal>", cluster, cluster))}
 	}
@@ -44,8 +44,8 @@ func BrokerOf(pod *corev1.Pod, opts Options) (Broker, field.ErrorList) {
 	return Broker{Cluster: cluster, Ordinal: ordinal, Config: cfg}, nil
 }
 
-// ordinalOf parses "<cluster>-<ordinal>".
-func ordinalOf(name, cluster string) (int, bool) {
+// OrdinalOf parses a broker pod name, "<cluster>-<ordinal>".
+func OrdinalOf(name, cluster string) (int, bool) {
 	digits, ok := strings.CutPrefix(name, cluster+"-")
 	if !ok || digits == "" || (len(digits) > 1 && digits[0] == '0') {
 		return 0, false
@@ -83,7 +83,12 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 	env := brokerEnv(broker)
 	c.Env = withBrokerEnv(c.Env, env)
 	for i := range pod.Spec.InitContainers {
-		pod.Spec.InitContainers[i].Env = withBrokerEnv(pod.Spec.InitContainers[i].Env, env)
+		if pod.Spec.InitContainers[i].Name != GateContainer {
+			pod.Spec.InitContainers[i].Env = withBrokerEnv(pod.Spec.InitContainers[i].Env, env)
+		}
+	}
+	if opts.GateImage != "" {
+		addGate(pod, opts.GateImage)
 	}
 
 	if pod.Spec.NodeName != "" {

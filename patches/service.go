@@ -60,7 +60,7 @@ func ServiceBroker(svc *corev1.Service) (cluster string, ordinal int, ok bool, e
 		return "", 0, true, field.Required(field.NewPath("metadata", "labels").Key(LabelCluster), "an exposed Service names its StatefulSet in this label")
 	}
 	podName := svc.Spec.Selector[labelPodName]
-	ordinal, valid := ordinalOf(podName, cluster)
+	ordinal, valid := OrdinalOf(podName, cluster)
 	if !valid {
 		return "", 0, true, field.Invalid(field.NewPath("spec", "selector").Key(labelPodName), podName, fmt.Sprintf("an exposed Service selects one broker of StatefulSet %q: %s-<ordinal>", cluster, cluster))
 	}

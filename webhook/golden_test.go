@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -35,7 +36,11 @@ type goldenCase struct {
 	Namespace string            `json:"namespace"`
 	Object    json.RawMessage   `json:"object"`
 	OldObject json.RawMessage   `json:"oldObject,omitempty"`
-	Cluster   []json.RawMessage `json:"cluster,omitempty"` // Nodes, StatefulSets and Services the snapshot holds
+	Cluster   []json.RawMessage `json:"cluster,omitempty"` // Nodes, StatefulSets, Services and Pods the caches hold
+	// APIOnly are objects the API server has but the caches have not seen yet (a pod created
+	// milliseconds before its binding).
+	APIOnly   []json.RawMessage `json:"apiOnly,omitempty"`
+	GateImage string            `json:"gateImage,omitempty"`
 	PortRange string            `json:"portRange,omitempty"`
 }
 
@@ -46,6 +51,7 @@ type goldenResponse struct {
 	Code    int32                 `json:"code,omitempty"`
 	Message string                `json:"message,omitempty"`
 	Patch   []jsonpatch.Operation `json:"patch,omitempty"`
+	Events  []string              `json:"events,omitempty"` // Events the handler recorded
 }
 
 func TestGolden(t *testing.T) {
@@ -69,11 +75,11 @@ func TestGolden(t *testing.T) {
 
 func runGoldenCase(t *testing.T, name string) {
 	c := readCase(t, filepath.Join("testdata", name+".in.yaml"))
-	handler := c.handler(t)
+	handler, recorder := c.handler(t)
 	req := c.request(c.Object)
 
 	resp := handler.Handle(context.Background(), req)
-	got := goldenResponse{Allowed: resp.Allowed, Patch: sortedByPath(resp.Patches)}
+	got := goldenResponse{Allowed: resp.Allowed, Patch: sortedByPath(resp.Patches), Events: drain(recorder)}
 	if resp.Result != nil {
 		got.Code, got.Message = resp.Result.Code, resp.Result.Message
 	}
@@ -103,6 +109,7 @@ func runGoldenCase(t *testing.T, name string) {
 
 	// Reinvocation: the webhook applied to its own output changes nothing.
 	again := handler.Handle(context.Background(), c.request(out))
+	drain(recorder)
 	assert.True(t, again.Allowed, "second pass refused: %v", again.Result)
 	assert.Empty(t, again.Patches, "second pass is not a no-op")
 }
@@ -117,17 +124,43 @@ func readCase(t *testing.T, path string) goldenCase {
 	return c
 }
 
-func (c goldenCase) handler(t *testing.T) admission.Handler {
+func (c goldenCase) handler(t *testing.T) (admission.Handler, *events.FakeRecorder) {
 	t.Helper()
 	opts := patches.DefaultOptions()
+	opts.GateImage = c.GateImage
 	if c.PortRange != "" {
 		r, err := patches.ParsePortRange(c.PortRange)
 		require.NoError(t, err)
 		opts.PortRange = r
 	}
 	scheme := Scheme()
+	cached := decodeObjects(t, scheme, c.Cluster)
+	cache := fake.NewClientBuilder().WithScheme(scheme).WithObjects(cached...).Build()
+	api := fake.NewClientBuilder().WithScheme(scheme).WithObjects(append(cached, decodeObjects(t, scheme, c.APIOnly)...)...).Build()
+	snapshot := ReaderSnapshot{Reader: cache, Options: opts}
+	recorder := events.NewFakeRecorder(10)
+	switch c.Resource {
+	case "statefulsets":
+		return NewStatefulSetHandler(scheme, snapshot, opts), recorder
+	case "pods":
+		return NewPodHandler(scheme, snapshot, opts), recorder
+	case "services":
+		return NewServiceHandler(scheme, snapshot, opts), recorder
+	case "bindings":
+		clusters := NewClusters()
+		for _, obj := range cached {
+			clusters.record(obj, true)
+		}
+		return NewBindingHandler(scheme, clusters, cache, api, snapshot, recorder, opts), recorder
+	}
+	t.Fatalf("unknown resource %q", c.Resource)
+	return nil, nil
+}
+
+func decodeObjects(t *testing.T, scheme *runtime.Scheme, raws []json.RawMessage) []client.Object {
+	t.Helper()
 	var objects []client.Object
-	for _, raw := range c.Cluster {
+	for _, raw := range raws {
 		u := &metav1.PartialObjectMetadata{}
 		require.NoError(t, json.Unmarshal(raw, u))
 		typed, err := scheme.New(u.GroupVersionKind())
@@ -135,17 +168,19 @@ func (c goldenCase) handler(t *testing.T) admission.Handler {
 		require.NoError(t, json.Unmarshal(raw, typed))
 		objects = append(objects, typed.(client.Object))
 	}
-	snapshot := ReaderSnapshot{Reader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects...).Build(), Options: opts}
-	switch c.Resource {
-	case "statefulsets":
-		return NewStatefulSetHandler(scheme, snapshot, opts)
-	case "pods":
-		return NewPodHandler(scheme, snapshot, opts)
-	case "services":
-		return NewServiceHandler(scheme, snapshot, opts)
+	return objects
+}
+
+func drain(recorder *events.FakeRecorder) []string {
+	var out []string
+	for {
+		select {
+		case e := <-recorder.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
 	}
-	t.Fatalf("unknown resource %q", c.Resource)
-	return nil
 }
 
 func (c goldenCase) request(object []byte) admission.Request {

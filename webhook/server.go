@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -23,11 +24,16 @@ const (
 	PathServices     = "/mutate-services"
 )
 
-// Register serves brokerport's handlers on server.
+// CountedWebhook serves a handler, counting its answers by resource and result.
+func CountedWebhook(resource string, h admission.Handler) *admission.Webhook {
+	return &admission.Webhook{Handler: counted{resource, h}}
+}
+
+// Register serves brokerport's object handlers on server.
 func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) {
-	server.Register(PathStatefulSets, &admission.Webhook{Handler: counted{"statefulsets", NewStatefulSetHandler(scheme, snapshot, opts)}})
-	server.Register(PathPods, &admission.Webhook{Handler: counted{"pods", NewPodHandler(scheme, snapshot, opts)}})
-	server.Register(PathServices, &admission.Webhook{Handler: counted{"services", NewServiceHandler(scheme, snapshot, opts)}})
+	server.Register(PathStatefulSets, CountedWebhook("statefulsets", NewStatefulSetHandler(scheme, snapshot, opts)))
+	server.Register(PathPods, CountedWebhook("pods", NewPodHandler(scheme, snapshot, opts)))
+	server.Register(PathServices, CountedWebhook("services", NewServiceHandler(scheme, snapshot, opts)))
 }
 
 // TLSOptions are the webhook listener's: TLS 1.2 at least, and HTTP/1.1 only, as
@@ -47,13 +53,17 @@ func TLSOptions() []func(*tls.Config) {
 
 // CachedTypes are the informers the handlers read; serve starts them before it is ready.
 func CachedTypes() []client.Object {
-	return []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}, &corev1.Node{}}
+	return []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}, &corev1.Node{}, &corev1.Pod{}, &corev1.ConfigMap{}}
 }
 
-// CacheOptions keeps in memory only what the handlers read: opted-in StatefulSets, every
-// Service's nodePorts and every node's addresses and zone. Memory stays flat however large the
-// objects are.
+// CacheOptions keeps in memory only what brokerport reads: opted-in StatefulSets, every
+// Service's nodePorts, every node's addresses and zone, broker pods' placement and brokerport's
+// ConfigMaps. Memory stays flat however large the objects are.
 func CacheOptions() cache.Options {
+	published, err := labels.NewRequirement(patches.LabelCluster, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant requirement
+	}
 	return cache.Options{
 		ByObject: map[client.Object]cache.ByObject{
 			&appsv1.StatefulSet{}: {
@@ -62,13 +72,18 @@ func CacheOptions() cache.Options {
 			},
 			&corev1.Service{}: {Transform: keepServicePorts},
 			&corev1.Node{}:    {Transform: keepNodeAddress},
+			&corev1.Pod{}: {
+				Label:     labels.SelectorFromSet(labels.Set{patches.LabelExpose: patches.ExposeValue}),
+				Transform: keepBrokerPod,
+			},
+			&corev1.ConfigMap{}: {Label: labels.NewSelector().Add(*published)},
 		},
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}
 }
 
 func slimMeta(m metav1.ObjectMeta, keepLabels, keepAnnotations func(string) bool) metav1.ObjectMeta {
-	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, DeletionTimestamp: m.DeletionTimestamp}
 	for k, v := range m.Labels {
 		if keepLabels(k) {
 			out.Labels = setLabel(out.Labels, k, v)
@@ -125,5 +140,17 @@ func keepNodeAddress(obj any) (any, error) {
 	return &corev1.Node{
 		ObjectMeta: slimMeta(node.ObjectMeta, func(k string) bool { return k == patches.LabelZone || k == corev1.LabelTopologyRegion }, none),
 		Status:     corev1.NodeStatus{Addresses: node.Status.Addresses},
+	}, nil
+}
+
+func keepBrokerPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: slimMeta(pod.ObjectMeta, patches.IsBrokerportKey, patches.IsBrokerportKey),
+		Spec:       corev1.PodSpec{NodeName: pod.Spec.NodeName},
+		Status:     corev1.PodStatus{Phase: pod.Status.Phase},
 	}, nil
 }

@@ -9,8 +9,14 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -21,14 +27,18 @@ import (
 
 	"github.com/brokerport/brokerport/patches"
 	"github.com/brokerport/brokerport/webhook"
+	"github.com/brokerport/brokerport/webhook/controller"
+	"github.com/brokerport/brokerport/webhook/gate"
 	"github.com/brokerport/brokerport/webhook/render"
 )
 
 const usage = `brokerport exposes every Kafka-API broker of a labeled StatefulSet on its own node.
 
 Usage:
-  brokerport serve  [flags]               run the admission webhook
+  brokerport serve  [flags]                run the admission webhook and the companion controller
   brokerport render -f FILE [--nodes FILE] show what the webhook would do to a manifest, offline
+  brokerport addresses STS [-n NAMESPACE]  print a StatefulSet's published broker addresses
+  brokerport wait-address [--file FILE]    (init container) wait until the broker's host is set
 
 Run "brokerport COMMAND -h" for a command's flags.
 `
@@ -44,6 +54,10 @@ func main() {
 		err = serve(args)
 	case "render":
 		err = renderCmd(args)
+	case "addresses":
+		err = addresses(args)
+	case "wait-address":
+		err = waitAddress(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -83,6 +97,9 @@ func serve(args []string) error {
 	port := fs.Int("port", 9443, "webhook listener port")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "Prometheus metrics address (0 to disable)")
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "/healthz and /readyz address")
+	gateImage := fs.String("gate-image", "", "image of the init container that holds a broker back until its host is set (brokerport's own image); empty: no gate")
+	leaderElect := fs.Bool("leader-elect", true, "run the companion controller only in the elected replica")
+	leaderNamespace := fs.String("leader-election-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the leader election Lease (default: $POD_NAMESPACE)")
 	options := optionFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -93,14 +110,18 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	opts.GateImage = *gateImage
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
 	scheme := webhook.Scheme()
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                 scheme,
-		Cache:                  webhook.CacheOptions(),
-		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
-		HealthProbeBindAddress: *probeAddr,
+		Scheme:                  scheme,
+		Cache:                   webhook.CacheOptions(),
+		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress:  *probeAddr,
+		LeaderElection:          *leaderElect,
+		LeaderElectionID:        "brokerport-controller",
+		LeaderElectionNamespace: *leaderNamespace,
 		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{
 			Port: *port, CertDir: *certDir, TLSOpts: webhook.TLSOptions(),
 		}),
@@ -108,12 +129,29 @@ func serve(args []string) error {
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
-	// Start the informers with the manager, so that readiness can wait for them.
 	ctx := ctrl.SetupSignalHandler()
+	// Start the informers with the manager, so that readiness can wait for them.
 	if err := startInformers(ctx, mgr); err != nil {
 		return err
 	}
-	webhook.Register(mgr.GetWebhookServer(), scheme, webhook.ReaderSnapshot{Reader: mgr.GetCache(), Options: opts}, opts)
+	clusters := webhook.NewClusters()
+	stsInformer, err := mgr.GetCache().GetInformer(ctx, &appsv1.StatefulSet{})
+	if err != nil {
+		return fmt.Errorf("starting the StatefulSet informer: %w", err)
+	}
+	if _, err := stsInformer.AddEventHandler(clusters.EventHandler()); err != nil {
+		return fmt.Errorf("watching StatefulSets: %w", err)
+	}
+	snapshot := webhook.ReaderSnapshot{Reader: mgr.GetCache(), Options: opts}
+	recorder := mgr.GetEventRecorder("brokerport")
+	webhook.Register(mgr.GetWebhookServer(), scheme, snapshot, opts)
+	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
+		webhook.NewBindingHandler(scheme, clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
+
+	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts}
+	if err := reconciler.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the controller: %w", err)
+	}
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
@@ -182,6 +220,69 @@ func renderCmd(args []string) error {
 		fmt.Fprintln(os.Stderr, "note:", note)
 	}
 	return res.Write(os.Stdout)
+}
+
+func addresses(args []string) error {
+	fs := flag.NewFlagSet("addresses", flag.ExitOnError)
+	namespace := fs.String("n", "", "namespace of the StatefulSet (default: the kubeconfig's)")
+	if err := fs.Parse(reorderFlags(args)); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: brokerport addresses STATEFULSET [-n NAMESPACE]")
+	}
+	sts := fs.Arg(0)
+	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{})
+	if *namespace == "" {
+		ns, _, err := loader.Namespace()
+		if err != nil {
+			return fmt.Errorf("reading the kubeconfig's namespace: %w", err)
+		}
+		*namespace = ns
+	}
+	restConfig, err := loader.ClientConfig()
+	if err != nil {
+		return fmt.Errorf("reading the kubeconfig: %w", err)
+	}
+	c, err := client.New(restConfig, client.Options{Scheme: webhook.Scheme()})
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{}
+	key := client.ObjectKey{Namespace: *namespace, Name: controller.ConfigMapName(sts)}
+	if err := c.Get(context.Background(), key, cm); err != nil {
+		return fmt.Errorf("reading ConfigMap %s (is StatefulSet %s/%s labeled %s=%s?): %w", key, *namespace, sts, patches.LabelExpose, patches.ExposeValue, err)
+	}
+	fmt.Print(controller.Describe(cm))
+	return nil
+}
+
+// reorderFlags lets flags follow the positional argument (`addresses redpanda -n kafka`).
+func reorderFlags(args []string) []string {
+	var flags, rest []string
+	for i := 0; i < len(args); i++ {
+		if strings.HasPrefix(args[i], "-") {
+			flags = append(flags, args[i])
+			if !strings.Contains(args[i], "=") && i+1 < len(args) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+			continue
+		}
+		rest = append(rest, args[i])
+	}
+	return append(flags, rest...)
+}
+
+func waitAddress(args []string) error {
+	fs := flag.NewFlagSet("wait-address", flag.ExitOnError)
+	file := fs.String("file", patches.GateHostFile, "downward-API file holding the pod's brokerport.io/host annotation")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return gate.Wait(ctx, *file, os.Stdout, time.Second, 10*time.Second)
 }
 
 func readObjects(path string) ([][]byte, error) {

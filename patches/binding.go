@@ -1,0 +1,49 @@
+package patches
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// BrokerCandidate tells whether a pod name can be a broker of an opted-in StatefulSet: it is
+// "<sts>-<ordinal>" and isCluster(<sts>) holds. It allocates nothing, because the binding
+// webhook asks it for every pod the scheduler binds in the cluster.
+func BrokerCandidate(podName string, isCluster func(sts string) bool) (sts string, ok bool) {
+	dash := -1
+	for i := len(podName) - 1; i >= 0; i-- {
+		c := podName[i]
+		if c == '-' {
+			dash = i
+			break
+		}
+		if c < '0' || c > '9' {
+			return "", false
+		}
+	}
+	if dash <= 0 || dash == len(podName)-1 {
+		return "", false
+	}
+	if sts := podName[:dash]; isCluster(sts) {
+		return sts, true
+	}
+	return "", false
+}
+
+// MutateBinding adds the node's address annotations to the Binding of a broker pod; the API
+// server copies them onto the pod in the same write that sets spec.nodeName. pod is the broker
+// (its configuration annotations are what it was created with) and node the Binding's target.
+// An error means the node has no acceptable address: the Binding is left as it is.
+func MutateBinding(binding *corev1.Binding, pod *corev1.Pod, node *corev1.Node, opts Options) (NodeAddress, error) {
+	cfg, errs := ParseConfig(pod.Annotations, field.NewPath("metadata", "annotations"), opts)
+	if len(errs) > 0 {
+		return NodeAddress{}, fmt.Errorf("pod %s: %w", pod.Name, errs.ToAggregate())
+	}
+	addr, err := SelectAddress(node, cfg)
+	if err != nil {
+		return addr, err
+	}
+	SetAddress(&binding.ObjectMeta, addr)
+	return addr, nil
+}

@@ -1,0 +1,53 @@
+package patches
+
+import (
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
+)
+
+const (
+	// GateContainer holds a broker back until its host annotation is present: a broker bound
+	// while the binding webhook was unreachable starts only after the controller's repair, never
+	// advertising an empty host.
+	GateContainer = "brokerport-wait-address"
+	gateVolume    = "brokerport-address"
+	gateMountPath = "/etc/brokerport"
+	// GateHostFile is where the gate reads the host annotation, through a downward-API volume.
+	GateHostFile = gateMountPath + "/host"
+)
+
+// addGate puts the gate first among the init containers (so that the others, which may read
+// BROKERPORT_HOST, start after it) with the downward-API volume it reads.
+func addGate(pod *corev1.Pod, image string) {
+	gate := corev1.Container{
+		Name:         GateContainer,
+		Image:        image,
+		Args:         []string{"wait-address", "--file", GateHostFile},
+		VolumeMounts: []corev1.VolumeMount{{Name: gateVolume, MountPath: gateMountPath, ReadOnly: true}},
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("5m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr.To(true),
+			RunAsUser:                ptr.To[int64](65532),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+	}
+	pod.Spec.InitContainers = slices.DeleteFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == GateContainer })
+	pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, gate)
+
+	volume := corev1.Volume{Name: gateVolume, VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+		Items: []corev1.DownwardAPIVolumeFile{{Path: "host", FieldRef: &corev1.ObjectFieldSelector{FieldPath: annotationRef(AnnotationHost)}}},
+	}}}
+	if i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == gateVolume }); i >= 0 {
+		pod.Spec.Volumes[i] = volume
+	} else {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, volume)
+	}
+}

@@ -1,0 +1,215 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/brokerport/brokerport/patches"
+	"github.com/brokerport/brokerport/webhook"
+)
+
+// fixture is a namespace with a labeled 3-broker StatefulSet (two listeners, block 30000), its
+// pods bound to nodes 127.0.1.1-3, and a client that counts writes and applies the Service
+// webhook's mutation on Service writes, as the API server would.
+type fixture struct {
+	t      *testing.T
+	client client.Client
+	writes []string
+	events *events.FakeRecorder
+	r      *Reconciler
+	sts    *appsv1.StatefulSet
+}
+
+func newFixture(t *testing.T) *fixture {
+	f := &fixture{t: t, events: events.NewFakeRecorder(100)}
+	f.sts = &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "kafka", UID: "sts-uid",
+			Labels:      map[string]string{patches.LabelExpose: patches.ExposeValue},
+			Annotations: map[string]string{patches.AnnotationListeners: "kafka=9094,http=8083", patches.AnnotationPortBase: "30000"}},
+		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](3)},
+	}
+	objects := []client.Object{f.sts}
+	for i := range 3 {
+		objects = append(objects, node(i, fmt.Sprintf("127.0.1.%d", i+1)), f.pod(i, fmt.Sprintf("127.0.1.%d", i+1)))
+	}
+	scheme := webhook.Scheme()
+	mutateServices := func(obj client.Object) {
+		if svc, ok := obj.(*corev1.Service); ok {
+			require.Empty(t, patches.MutateService(svc, f.sts, patches.DefaultOptions()))
+		}
+	}
+	f.client = fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects...).WithInterceptorFuncs(interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			mutateServices(obj)
+			f.writes = append(f.writes, fmt.Sprintf("create %T %s", obj, obj.GetName()))
+			return c.Create(ctx, obj, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			mutateServices(obj)
+			f.writes = append(f.writes, fmt.Sprintf("update %T %s", obj, obj.GetName()))
+			return c.Update(ctx, obj, opts...)
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			f.writes = append(f.writes, fmt.Sprintf("patch %T %s", obj, obj.GetName()))
+			return c.Patch(ctx, obj, patch, opts...)
+		},
+		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+			f.writes = append(f.writes, fmt.Sprintf("delete %T %s", obj, obj.GetName()))
+			return c.Delete(ctx, obj, opts...)
+		},
+	}).Build()
+	f.r = &Reconciler{Client: f.client, API: f.client, Events: f.events, Options: patches.DefaultOptions()}
+	return f
+}
+
+func node(i int, ip string) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%d", i)},
+		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: ip}}},
+	}
+}
+
+func (f *fixture) pod(i int, host string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("redpanda-%d", i), Namespace: "kafka",
+			Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "redpanda"},
+			Annotations: map[string]string{
+				patches.AnnotationListeners: "kafka=9094,http=8083", patches.AnnotationPortBase: "30000",
+				patches.AnnotationHost: host, patches.AnnotationZone: "", patches.AnnotationNode: fmt.Sprintf("node-%d", i),
+			}},
+		Spec:   corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i)},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+}
+
+func (f *fixture) reconcile() {
+	f.t.Helper()
+	f.writes = nil
+	_, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "kafka", Name: "redpanda"}})
+	require.NoError(f.t, err)
+}
+
+func (f *fixture) serviceNames() []string {
+	var list corev1.ServiceList
+	require.NoError(f.t, f.client.List(context.Background(), &list))
+	var names []string
+	for _, s := range list.Items {
+		names = append(names, s.Name)
+	}
+	return names
+}
+
+func TestReconcileCreatesServicesAndConfigMapThenWritesNothing(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	assert.Equal(t, []string{
+		"create *v1.Service redpanda-0-external", "create *v1.Service redpanda-1-external", "create *v1.Service redpanda-2-external",
+		"create *v1.ConfigMap redpanda-external",
+	}, f.writes)
+
+	svc := &corev1.Service{}
+	require.NoError(t, f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: "redpanda-1-external"}, svc))
+	assert.Equal(t, []int32{30002, 30003}, []int32{svc.Spec.Ports[0].NodePort, svc.Spec.Ports[1].NodePort})
+	assert.Equal(t, "redpanda", svc.OwnerReferences[0].Name)
+
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: "redpanda-external"}, cm))
+	assert.Equal(t, map[string]string{
+		"bootstrap.servers":       "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004",
+		"kafka.bootstrap.servers": "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004",
+		"kafka.addresses":         "redpanda-0 127.0.1.1:30000\nredpanda-1 127.0.1.2:30002\nredpanda-2 127.0.1.3:30004",
+		"http.bootstrap.servers":  "127.0.1.1:30001,127.0.1.2:30003,127.0.1.3:30005",
+		"http.addresses":          "redpanda-0 127.0.1.1:30001\nredpanda-1 127.0.1.2:30003\nredpanda-2 127.0.1.3:30005",
+	}, cm.Data)
+	assert.Contains(t, <-f.events.Events, "Normal Exposed brokers exposed on ports 30000-30015; addresses in ConfigMap redpanda-external")
+
+	f.reconcile()
+	assert.Empty(t, f.writes, "a second reconcile writes nothing")
+}
+
+func TestReconcileScaleDownRemovesServicesOnceTheirPodsAreGone(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	ctx := context.Background()
+
+	f.sts.Spec.Replicas = ptr.To[int32](2)
+	require.NoError(t, f.client.Update(ctx, f.sts))
+	f.reconcile()
+	assert.Contains(t, f.serviceNames(), "redpanda-2-external", "kept while broker 2 is still going away")
+
+	require.NoError(t, f.client.Delete(ctx, f.pod(2, "")))
+	f.reconcile()
+	assert.Equal(t, []string{"redpanda-0-external", "redpanda-1-external"}, f.serviceNames())
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, f.client.Get(ctx, client.ObjectKey{Namespace: "kafka", Name: "redpanda-external"}, cm))
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002", cm.Data["bootstrap.servers"])
+}
+
+func TestReconcileRepairsStaleAndMissingAddresses(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	drainEvents(f.events)
+	ctx := context.Background()
+
+	// Node 1's external address changes; broker 2 was bound while the webhook was down.
+	moved := &corev1.Node{}
+	require.NoError(t, f.client.Get(ctx, client.ObjectKey{Name: "node-1"}, moved))
+	moved.Status.Addresses[0].Address = "127.0.9.2"
+	require.NoError(t, f.client.Status().Update(ctx, moved))
+	unbound := f.pod(2, "")
+	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(unbound), unbound))
+	delete(unbound.Annotations, patches.AnnotationHost)
+	require.NoError(t, f.client.Update(ctx, unbound))
+
+	f.reconcile()
+	assert.Contains(t, f.writes, "patch *v1.Pod redpanda-1")
+	assert.Contains(t, f.writes, "patch *v1.Pod redpanda-2")
+	for i, want := range map[int]string{1: "127.0.9.2", 2: "127.0.1.3"} {
+		pod := &corev1.Pod{}
+		require.NoError(t, f.client.Get(ctx, client.ObjectKey{Namespace: "kafka", Name: fmt.Sprintf("redpanda-%d", i)}, pod))
+		assert.Equal(t, want, pod.Annotations[patches.AnnotationHost])
+	}
+	got := strings.Join(drainEvents(f.events), "\n")
+	assert.Contains(t, got, "Warning RestartRequired node node-1's address changed from 127.0.1.2 to 127.0.9.2; the broker still advertises 127.0.1.2: restart it (kubectl delete pod redpanda-1) to re-advertise")
+	assert.Contains(t, got, "Normal AddressRepaired set brokerport.io/host=127.0.1.3 (node node-2): the broker can start")
+
+	f.reconcile()
+	assert.Empty(t, f.writes, "a second reconcile writes nothing")
+}
+
+func TestReconcileRemovesEverythingOnOptOut(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	f.sts.Labels = nil
+	require.NoError(t, f.client.Update(context.Background(), f.sts))
+	f.reconcile()
+	assert.Empty(t, f.serviceNames())
+	err := f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: "redpanda-external"}, &corev1.ConfigMap{})
+	assert.True(t, client.IgnoreNotFound(err) == nil && err != nil, "ConfigMap removed")
+}
+
+func drainEvents(r *events.FakeRecorder) []string {
+	var out []string
+	for {
+		select {
+		case e := <-r.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
+}
