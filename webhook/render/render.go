@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -160,10 +161,14 @@ func Render(ctx context.Context, objects [][]byte, nodes []*corev1.Node, opts pa
 	}
 	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(cluster...).Build()
 	snapshot := webhook.ReaderSnapshot{Reader: reader, Options: opts}
+	clusters := webhook.NewClusters()
 	r := renderer{
-		sts: webhook.NewStatefulSetHandler(scheme, snapshot, opts),
-		pod: webhook.NewPodHandler(scheme, snapshot, opts),
-		svc: webhook.NewServiceHandler(scheme, snapshot, opts),
+		sts:      webhook.NewStatefulSetHandler(scheme, snapshot, opts),
+		pod:      webhook.NewPodHandler(scheme, snapshot, opts),
+		svc:      webhook.NewServiceHandler(scheme, snapshot, opts),
+		bind:     webhook.NewBindingHandler(scheme, clusters, reader, reader, snapshot, events.NewFakeRecorder(100), opts),
+		clusters: clusters,
+		reader:   reader,
 	}
 
 	for _, obj := range sets {
@@ -175,6 +180,7 @@ func Render(ctx context.Context, objects [][]byte, nodes []*corev1.Node, opts pa
 		if err := reader.Create(ctx, sts.DeepCopy()); err != nil {
 			return nil, fmt.Errorf("recording StatefulSet %s: %w", sts.Name, err)
 		}
+		clusters.EventHandler().OnAdd(sts, false)
 		if err := r.brokers(ctx, sts, nodes, opts, res); err != nil {
 			return nil, err
 		}
@@ -183,7 +189,9 @@ func Render(ctx context.Context, objects [][]byte, nodes []*corev1.Node, opts pa
 }
 
 type renderer struct {
-	sts, pod, svc admission.Handler
+	sts, pod, svc, bind admission.Handler
+	clusters            *webhook.Clusters
+	reader              client.Client // the cluster render builds up as it goes
 }
 
 func (r renderer) statefulSet(ctx context.Context, obj map[string]any, res *Result) (*appsv1.StatefulSet, error) {
@@ -254,15 +262,12 @@ func (r renderer) brokers(ctx context.Context, sts *appsv1.StatefulSet, nodes []
 		if k >= len(nodes) {
 			res.Notes = append(res.Notes, fmt.Sprintf("pod %s would stay Pending: %d nodes for %d brokers, and brokerport places one broker per node", pod.Name, len(nodes), replicas))
 		} else {
-			addr, err := patches.SelectAddress(nodes[k], cfg)
-			if err != nil {
-				return fmt.Errorf("binding pod %s: %w", pod.Name, err)
+			if err := r.bindTo(ctx, pod, nodes[k]); err != nil {
+				return err
 			}
-			pod.Spec.NodeName = nodes[k].Name
-			patches.SetAddress(&pod.ObjectMeta, addr)
-			broker.Node = nodes[k].Name
+			broker.Node = pod.Spec.NodeName
 			for l := range cfg.Listeners {
-				broker.Addresses = append(broker.Addresses, addr.Host+":"+strconv.Itoa(int(cfg.Port(ordinal, l))))
+				broker.Addresses = append(broker.Addresses, pod.Annotations[patches.AnnotationHost]+":"+strconv.Itoa(int(cfg.Port(ordinal, l))))
 			}
 		}
 		res.Pods = append(res.Pods, pod)
@@ -282,6 +287,38 @@ func (r renderer) brokers(ctx context.Context, sts *appsv1.StatefulSet, nodes []
 		res.Services = append(res.Services, svc)
 	}
 	res.Clusters = append(res.Clusters, c)
+	return nil
+}
+
+// bindTo binds the pod to the node as the scheduler and the API server would: the binding
+// webhook's annotations are copied onto the pod with its nodeName.
+func (r renderer) bindTo(ctx context.Context, pod *corev1.Pod, node *corev1.Node) error {
+	if err := r.reader.Create(ctx, pod.DeepCopy()); err != nil {
+		return fmt.Errorf("recording pod %s: %w", pod.Name, err)
+	}
+	binding := &corev1.Binding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Binding"},
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: node.Name},
+	}
+	raw, err := json.Marshal(binding)
+	if err != nil {
+		return err
+	}
+	out, err := admit(ctx, r.bind, admissionv1.Create, pod.Namespace, raw)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(out, binding); err != nil {
+		return err
+	}
+	if binding.Annotations[patches.AnnotationHost] == "" {
+		return fmt.Errorf("binding pod %s to node %s: the node has no address brokerport accepts (see %s)", pod.Name, node.Name, patches.AnnotationAddressTypes)
+	}
+	pod.Spec.NodeName = node.Name
+	for k, v := range binding.Annotations {
+		pod.Annotations[k] = v
+	}
 	return nil
 }
 
