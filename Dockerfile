@@ -6,6 +6,7 @@ RUN go mod download
 COPY cmd/ cmd/
 COPY patches/ patches/
 COPY webhook/ webhook/
+COPY certs/ certs/
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/brokerport ./cmd/brokerport
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -25,6 +25,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/brokerport/brokerport/certs"
 	"github.com/brokerport/brokerport/patches"
 	"github.com/brokerport/brokerport/webhook"
 	"github.com/brokerport/brokerport/webhook/controller"
@@ -99,7 +100,11 @@ func serve(args []string) error {
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "/healthz and /readyz address")
 	gateImage := fs.String("gate-image", "", "image of the init container that holds a broker back until its host is set (brokerport's own image); empty: no gate")
 	leaderElect := fs.Bool("leader-elect", true, "run the companion controller only in the elected replica")
-	leaderNamespace := fs.String("leader-election-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the leader election Lease (default: $POD_NAMESPACE)")
+	namespace := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "brokerport's own namespace: the leader election Lease and the self-managed certificate Secret (default: $POD_NAMESPACE)")
+	selfManagedCerts := fs.Bool("self-managed-certs", false, "issue, share (Secret --cert-secret), write (--cert-dir), inject (--webhook-config) and renew the webhook's certificates, for clusters without cert-manager")
+	certSecret := fs.String("cert-secret", "brokerport-webhook-tls", "Secret holding the self-managed certificates")
+	webhookConfig := fs.String("webhook-config", "brokerport", "MutatingWebhookConfiguration whose caBundle the self-managed CA is written to")
+	certHosts := fs.String("cert-hosts", "", "comma-separated DNS names and IPs of the self-managed serving certificate (default: the brokerport-webhook Service's names in --namespace)")
 	options := optionFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -121,7 +126,7 @@ func serve(args []string) error {
 		HealthProbeBindAddress:  *probeAddr,
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "brokerport-controller",
-		LeaderElectionNamespace: *leaderNamespace,
+		LeaderElectionNamespace: *namespace,
 		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{
 			Port: *port, CertDir: *certDir, TLSOpts: webhook.TLSOptions(),
 		}),
@@ -130,6 +135,26 @@ func serve(args []string) error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	ctx := ctrl.SetupSignalHandler()
+	if *selfManagedCerts {
+		hosts := []string{"brokerport-webhook." + *namespace + ".svc", "brokerport-webhook." + *namespace + ".svc.cluster.local"}
+		if *certHosts != "" {
+			hosts = strings.Split(*certHosts, ",")
+		}
+		direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: scheme})
+		if err != nil {
+			return err
+		}
+		certManager := certs.NewManager(direct, certs.Options{
+			Namespace: *namespace, SecretName: *certSecret, WebhookConfig: *webhookConfig, Hosts: hosts, CertDir: *certDir,
+		})
+		// The webhook server needs its files before it starts; renewals run beside it.
+		if _, err := certManager.Ensure(ctx); err != nil {
+			return fmt.Errorf("self-managed certificates: %w", err)
+		}
+		if err := mgr.Add(certManager); err != nil {
+			return err
+		}
+	}
 	// Start the informers with the manager, so that readiness can wait for them.
 	if err := startInformers(ctx, mgr); err != nil {
 		return err
