@@ -1,0 +1,257 @@
+package manifests
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/brokerport/brokerport/certs"
+	"github.com/brokerport/brokerport/patches"
+	"github.com/brokerport/brokerport/webhook"
+	"github.com/brokerport/brokerport/webhook/controller"
+)
+
+// call is one API request brokerport makes: a verb on a resource, in a namespace ("" for
+// cluster-scoped), optionally on one named object.
+type call struct {
+	verb, group, resource, namespace, name string
+}
+
+func (c call) String() string {
+	return fmt.Sprintf("%s %s/%s ns=%q name=%q", c.verb, c.group, c.resource, c.namespace, c.name)
+}
+
+// recorder turns client calls into API calls. Reads through a cached client are served by
+// informers, which list and watch; reads through a direct client are gets and lists.
+type recorder struct {
+	scheme *runtime.Scheme
+	calls  []call
+}
+
+func (r *recorder) record(verb string, obj runtime.Object, namespace, name string) {
+	gvk, err := apiutil.GVKForObject(obj, r.scheme)
+	if err != nil {
+		panic(err)
+	}
+	gvk.Kind = strings.TrimSuffix(gvk.Kind, "List")
+	mapping := map[string]string{"StatefulSet": "statefulsets", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Node": "nodes", "Secret": "secrets", "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
+	r.calls = append(r.calls, call{verb: verb, group: gvk.Group, resource: mapping[gvk.Kind], namespace: namespace, name: name})
+}
+
+// client records calls to store as made through a cached or a direct client.
+func (r *recorder) client(store client.WithWatch, cached bool) client.Client {
+	read := func(obj runtime.Object, namespace, name string) {
+		if cached {
+			r.record("list", obj, "", "")
+			r.record("watch", obj, "", "")
+			return
+		}
+		r.record("get", obj, namespace, name)
+	}
+	return interceptor.NewClient(store, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			read(obj, key.Namespace, key.Name)
+			return c.Get(ctx, key, obj, opts...)
+		},
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if cached {
+				read(list, "", "")
+			} else {
+				r.record("list", list, "", "")
+			}
+			return c.List(ctx, list, opts...)
+		},
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			r.record("create", obj, obj.GetNamespace(), "")
+			if svc, ok := obj.(*corev1.Service); ok {
+				svc.Spec.Ports[0].NodePort = 30000 // what the Service webhook would do
+			}
+			return c.Create(ctx, obj, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			r.record("update", obj, obj.GetNamespace(), obj.GetName())
+			return c.Update(ctx, obj, opts...)
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			r.record("patch", obj, obj.GetNamespace(), obj.GetName())
+			return c.Patch(ctx, obj, patch, opts...)
+		},
+		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+			r.record("delete", obj, obj.GetNamespace(), obj.GetName())
+			return c.Delete(ctx, obj, opts...)
+		},
+	})
+}
+
+// exercise runs what brokerport does against recording clients and returns the API calls.
+func exercise(t *testing.T) []call {
+	r := &recorder{scheme: webhook.Scheme()}
+	ctx := context.Background()
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "kafka", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}},
+		Spec:       appsv1.StatefulSetSpec{Replicas: ptr.To[int32](2)},
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "kafka-0", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka"}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}},
+		Spec:       corev1.PodSpec{NodeName: "node-0"},
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-0"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.1"}}}}
+	stale := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kafka-0-external", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "old", Port: 1}}}}
+	surplus := stale.DeepCopy()
+	surplus.Name = "kafka-5-external"
+	surplus.Spec.Selector = map[string]string{"statefulset.kubernetes.io/pod-name": "kafka-5"}
+
+	// Controller: create a ConfigMap, update and delete Services, repair a pod; then opt out.
+	objects := []client.Object{sts, pod, node, stale, surplus}
+	store := fake.NewClientBuilder().WithScheme(r.scheme).WithObjects(objects...).Build()
+	cached, direct := r.client(store, true), r.client(store, false)
+	reconciler := &controller.Reconciler{Client: cached, API: direct, Events: events.NewFakeRecorder(100), Options: patches.DefaultOptions()}
+	_, err := reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
+	require.NoError(t, err)
+	// Calls made for the test's sake, not brokerport's, are not recorded.
+	asUser := func(do func()) {
+		before := len(r.calls)
+		do()
+		r.calls = r.calls[:before]
+	}
+	// The node's address changes: the pod is repaired and the ConfigMap updated.
+	asUser(func() {
+		moved := node.DeepCopy()
+		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(moved), moved))
+		moved.Status.Addresses[0].Address = "203.0.113.9"
+		require.NoError(t, cached.Status().Update(ctx, moved))
+	})
+	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
+	require.NoError(t, err)
+	// The user opts out.
+	asUser(func() {
+		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(sts), sts))
+		sts.Labels = nil
+		require.NoError(t, cached.Update(ctx, sts))
+	})
+	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
+	require.NoError(t, err)
+
+	// Webhook snapshot (cached) and the binding webhook's GET on a cache miss (direct).
+	snapshot := webhook.ReaderSnapshot{Reader: cached}
+	_, err = snapshot.PortsInUse(ctx, "team-a", "kafka")
+	require.NoError(t, err)
+	require.NoError(t, direct.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{}))
+
+	// Self-managed certificates: create the Secret, renew it, patch the webhook configuration.
+	certClient := r.client(fake.NewClientBuilder().WithScheme(r.scheme).WithObjects(&admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "brokerport"}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "x"}},
+	}).Build(), false)
+	now := time.Now()
+	m := certs.NewManager(certClient, certs.Options{Namespace: "brokerport-system", SecretName: "brokerport-webhook-tls", WebhookConfig: "brokerport", Hosts: []string{"h"}, CertDir: t.TempDir(), Lifetime: time.Hour, Now: func() time.Time { return now }})
+	_, err = m.Ensure(ctx)
+	require.NoError(t, err)
+	now = now.Add(time.Hour)
+	_, err = m.Ensure(ctx)
+	require.NoError(t, err)
+
+	calls := r.calls
+	// Informers the manager starts (webhook.CachedTypes), Events (events.k8s.io, through the
+	// manager's recorder) and leader election (a Lease in brokerport's namespace) do not pass
+	// through these clients.
+	for _, obj := range webhook.CachedTypes() {
+		r.calls = nil
+		r.record("list", obj, "", "")
+		r.record("watch", obj, "", "")
+		calls = append(calls, r.calls...)
+	}
+	calls = append(calls,
+		call{verb: "create", group: "events.k8s.io", resource: "events", namespace: "team-a"},
+		call{verb: "patch", group: "events.k8s.io", resource: "events", namespace: "team-a"},
+		call{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: "brokerport-system", name: "brokerport-controller"},
+		call{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: "brokerport-system"},
+		call{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: "brokerport-system", name: "brokerport-controller"},
+		call{verb: "create", group: "", resource: "events", namespace: "brokerport-system"},
+		call{verb: "patch", group: "", resource: "events", namespace: "brokerport-system"},
+	)
+	return calls
+}
+
+// rule is a policy rule with where it applies.
+type rule struct {
+	rbacv1.PolicyRule
+	namespace string // "" for a ClusterRole
+	from      string
+	used      map[string]bool
+}
+
+func (r *rule) allows(c call) bool {
+	if r.namespace != "" && r.namespace != c.namespace {
+		return false
+	}
+	if !slices.Contains(r.APIGroups, c.group) || !slices.Contains(r.Resources, c.resource) || !slices.Contains(r.Verbs, c.verb) {
+		return false
+	}
+	return len(r.ResourceNames) == 0 || (c.name != "" && slices.Contains(r.ResourceNames, c.name))
+}
+
+func rules(t *testing.T, overlay string) []*rule {
+	var out []*rule
+	for _, o := range decode(t, overlay) {
+		switch role := o.(type) {
+		case *rbacv1.ClusterRole:
+			for _, p := range role.Rules {
+				out = append(out, &rule{PolicyRule: p, from: "ClusterRole " + role.Name, used: map[string]bool{}})
+			}
+		case *rbacv1.Role:
+			for _, p := range role.Rules {
+				out = append(out, &rule{PolicyRule: p, namespace: role.Namespace, from: "Role " + role.Namespace + "/" + role.Name, used: map[string]bool{}})
+			}
+		}
+	}
+	return out
+}
+
+// Every call brokerport makes is allowed by the standalone overlay's roles, and every verb the
+// roles grant is used: the RBAC is exactly what the code needs.
+func TestRBACIsExactlyWhatTheCodeCalls(t *testing.T) {
+	calls := exercise(t)
+	rs := rules(t, "standalone")
+	for _, c := range calls {
+		allowed := false
+		for _, r := range rs {
+			if r.allows(c) {
+				allowed = true
+				r.used[c.verb+" "+c.resource] = true
+			}
+		}
+		assert.True(t, allowed, "forbidden: %s", c)
+	}
+	for _, r := range rs {
+		for _, v := range r.Verbs {
+			for _, res := range r.Resources {
+				assert.True(t, r.used[v+" "+res], "%s grants %s on %s, which brokerport never does", r.from, v, res)
+			}
+		}
+	}
+	// The default overlay (cert-manager) needs no Secret or webhook configuration access.
+	for _, r := range rules(t, "default") {
+		assert.NotContains(t, r.Resources, "secrets", r.from)
+		assert.NotContains(t, r.Resources, "mutatingwebhookconfigurations", r.from)
+	}
+}
