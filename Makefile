@@ -4,7 +4,7 @@ IMAGE   ?= ghcr.io/brokerport/brokerport:dev
 BIN     := bin/brokerport
 
 .DEFAULT_GOAL := help
-.PHONY: help build test golden lint demo docker-build ci
+.PHONY: help build test golden lint demo render-examples e2e e2e-tools docker-build ci
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,11 +23,17 @@ lint: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-demo: build ## show what brokerport does to the example Redpanda and Kafka StatefulSets
+render-examples: build ## show, offline, what brokerport does to the example Redpanda and Kafka StatefulSets
 	$(BIN) render -f examples/redpanda.yaml
 	$(BIN) render -f examples/kafka.yaml
+
+e2e-tools: ## build (or find cached) kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok
+	@test/tools/build.sh >/dev/null
+
+e2e: e2e-tools ## the end-to-end suite on a real control plane (builds it from Go modules the first time)
+	BROKERPORT_E2E_BIN=$$(test/tools/build.sh) $(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e
 
 docker-build: ## build the image (needs a Docker engine)
 	docker build -t $(IMAGE) .
 
-ci: lint test ## what .ci/run runs
+ci: lint test e2e ## what .ci/run runs

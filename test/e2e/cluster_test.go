@@ -1,0 +1,309 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// controlPlane is a real kube-apiserver with etcd, kube-controller-manager, kube-scheduler and
+// kwok (fake nodes), each a process of its own with its log in dir.
+type controlPlane struct {
+	dir       string
+	bin       string
+	apiServer string // https://127.0.0.1:<port>
+	adminKube string // kubeconfig path, system:masters
+	caCert    []byte
+	processes []*process
+}
+
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+}
+
+// start runs a binary with its output in dir/<name>.log.
+func (cp *controlPlane) start(name, binary string, args []string, env ...string) (*process, error) {
+	logPath := filepath.Join(cp.dir, name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath}
+	cp.processes = append(cp.processes, p)
+	go func() { _ = cmd.Wait(); logFile.Close() }()
+	return p, nil
+}
+
+// stop ends a process by its PID (its process group), politely first.
+func (p *process) stop() {
+	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
+		return
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(p.cmd.Process.Pid, 0) != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+func (cp *controlPlane) stop() {
+	for i := len(cp.processes) - 1; i >= 0; i-- {
+		cp.processes[i].stop()
+	}
+}
+
+// logs prints the tail of every process's log, for a failed run.
+func (cp *controlPlane) logs() string {
+	var b strings.Builder
+	for _, p := range cp.processes {
+		data, _ := os.ReadFile(p.log)
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > 60 {
+			lines = lines[len(lines)-60:]
+		}
+		fmt.Fprintf(&b, "\n===== %s (%s, last %d lines) =====\n%s\n", p.name, p.log, len(lines), strings.Join(lines, "\n"))
+	}
+	return b.String()
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startControlPlane brings up etcd, kube-apiserver (authorization Node,RBAC),
+// kube-controller-manager, kube-scheduler and kwok.
+func startControlPlane(ctx context.Context, bin, dir string) (*controlPlane, error) {
+	cp := &controlPlane{dir: dir, bin: bin}
+	ok := false
+	defer func() {
+		if !ok {
+			cp.stop()
+		}
+	}()
+	pki, err := writePKI(dir)
+	if err != nil {
+		return nil, fmt.Errorf("writing the PKI: %w", err)
+	}
+	cp.caCert = pki.caCert
+
+	etcdClient, _ := freePort()
+	etcdPeer, _ := freePort()
+	if _, err := cp.start("etcd", filepath.Join(bin, "etcd"), []string{
+		"--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPeer),
+	}); err != nil {
+		return nil, err
+	}
+
+	apiPort, _ := freePort()
+	cp.apiServer = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	if _, err := cp.start("kube-apiserver", filepath.Join(bin, "kube-apiserver"), []string{
+		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
+		"--cert-dir", filepath.Join(dir, "apiserver-certs"),
+		"--tls-cert-file", pki.path("apiserver.crt"), "--tls-private-key-file", pki.path("apiserver.key"),
+		"--client-ca-file", pki.path("ca.crt"),
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file", pki.path("sa.pub"), "--service-account-signing-key-file", pki.path("sa.key"),
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--authorization-mode=Node,RBAC",
+		"--allow-privileged=true",
+		"--profiling=false",
+	}); err != nil {
+		return nil, err
+	}
+	cp.adminKube = filepath.Join(dir, "admin.kubeconfig")
+	if err := writeKubeconfig(cp.adminKube, cp.apiServer, pki.caCert, "admin", pki.path("admin.crt"), pki.path("admin.key"), ""); err != nil {
+		return nil, err
+	}
+	if err := cp.waitReady(ctx, pki); err != nil {
+		return nil, err
+	}
+
+	if _, err := cp.start("kube-controller-manager", filepath.Join(bin, "kube-controller-manager"), []string{
+		"--kubeconfig", cp.adminKube,
+		"--authentication-kubeconfig", cp.adminKube, "--authorization-kubeconfig", cp.adminKube,
+		"--service-account-private-key-file", pki.path("sa.key"), "--root-ca-file", pki.path("ca.crt"),
+		"--leader-elect=false", "--secure-port=0",
+		"--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+		"--node-monitor-grace-period=60s",
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := cp.start("kube-scheduler", filepath.Join(bin, "kube-scheduler"), []string{
+		"--kubeconfig", cp.adminKube,
+		"--authentication-kubeconfig", cp.adminKube, "--authorization-kubeconfig", cp.adminKube,
+		"--leader-elect=false", "--secure-port=0",
+	}); err != nil {
+		return nil, err
+	}
+	kwokPort, _ := freePort()
+	if _, err := cp.start("kwok", filepath.Join(bin, "kwok"), []string{
+		"--kubeconfig", cp.adminKube,
+		"--manage-all-nodes=false",
+		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+		"--manage-nodes-with-label-selector=",
+		fmt.Sprintf("--server-address=127.0.0.1:%d", kwokPort),
+	}); err != nil {
+		return nil, err
+	}
+	ok = true
+	return cp, nil
+}
+
+// waitReady polls /readyz with the admin certificate.
+func (cp *controlPlane) waitReady(ctx context.Context, pki *pki) error {
+	cert, err := tls.LoadX509KeyPair(pki.path("admin.crt"), pki.path("admin.key"))
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pki.caCert)
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		resp, err := client.Get(cp.apiServer + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("kube-apiserver not ready within 60s")
+}
+
+// pki is the control plane's certificates, made with crypto/x509.
+type pki struct {
+	dir    string
+	caCert []byte
+}
+
+func (p *pki) path(name string) string { return filepath.Join(p.dir, name) }
+
+func writePKI(dir string) (*pki, error) {
+	p := &pki{dir: filepath.Join(dir, "pki")}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return nil, err
+	}
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "e2e-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	p.caCert = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	if err := os.WriteFile(p.path("ca.crt"), p.caCert, 0o600); err != nil {
+		return nil, err
+	}
+	issue := func(name string, tmpl *x509.Certificate) error {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl.SerialNumber, _ = rand.Int(rand.Reader, big.NewInt(1<<62))
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			return err
+		}
+		keyDER, _ := x509.MarshalECPrivateKey(key)
+		if err := os.WriteFile(p.path(name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+			return err
+		}
+		return os.WriteFile(p.path(name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	}
+	if err := issue("apiserver", &x509.Certificate{
+		Subject: pkix.Name{CommonName: "kube-apiserver"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
+	}); err != nil {
+		return nil, err
+	}
+	if err := issue("admin", &x509.Certificate{
+		Subject: pkix.Name{CommonName: "e2e-admin", Organization: []string{"system:masters"}}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return nil, err
+	}
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err := os.WriteFile(p.path("sa.key"), pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}), 0o600); err != nil {
+		return nil, err
+	}
+	return p, os.WriteFile(p.path("sa.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o600)
+}
+
+// writeKubeconfig writes a kubeconfig with a client certificate or a bearer token.
+func writeKubeconfig(path, server string, ca []byte, user, certFile, keyFile, token string) error {
+	auth := fmt.Sprintf("    client-certificate: %s\n    client-key: %s\n", certFile, keyFile)
+	if token != "" {
+		auth = fmt.Sprintf("    token: %s\n", token)
+	}
+	caFile := path + ".ca.crt"
+	if err := os.WriteFile(caFile, ca, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: %s
+    certificate-authority: %s
+users:
+- name: %s
+  user:
+%scontexts:
+- name: e2e
+  context: {cluster: e2e, user: %s}
+current-context: e2e
+`, server, caFile, user, auth, user)), 0o600)
+}
