@@ -4,7 +4,7 @@ IMAGE   ?= ghcr.io/brokerport/brokerport:dev
 BIN     := bin/brokerport
 
 .DEFAULT_GOAL := help
-.PHONY: help build test golden lint demo render-examples e2e e2e-tools docker-build ci
+.PHONY: help build test golden lint demo demo-down render-examples e2e e2e-tools docker-build ci
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,12 @@ lint: ## go vet and a gofmt check
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+demo: ## run brokerport on a local control plane (4 kwok nodes) and print the brokers' addresses; stays up
+	$(GO) run ./test/demo
+
+demo-down: ## stop the demo cluster
+	$(GO) run ./test/demo down
 
 render-examples: build ## show, offline, what brokerport does to the example Redpanda and Kafka StatefulSets
 	$(BIN) render -f examples/redpanda.yaml

@@ -1,6 +1,8 @@
-//go:build e2e
-
-package e2e
+// Package cluster runs a local Kubernetes control plane from binaries built out of Go modules
+// (test/tools): etcd, kube-apiserver (authorization Node,RBAC), kube-controller-manager,
+// kube-scheduler and kwok for fake nodes, and installs brokerport into it with the real
+// manifests. The end-to-end suite and `make demo` share it.
+package cluster
 
 import (
 	"context"
@@ -24,26 +26,33 @@ import (
 	"time"
 )
 
-// controlPlane is a real kube-apiserver with etcd, kube-controller-manager, kube-scheduler and
+// ControlPlane is a real kube-apiserver with etcd, kube-controller-manager, kube-scheduler and
 // kwok (fake nodes), each a process of its own with its log in dir.
-type controlPlane struct {
-	dir       string
-	bin       string
-	apiServer string // https://127.0.0.1:<port>
-	adminKube string // kubeconfig path, system:masters
-	caCert    []byte
-	processes []*process
+type ControlPlane struct {
+	Dir             string
+	Bin             string
+	APIServer       string // https://127.0.0.1:<port>
+	AdminKubeconfig string // system:masters
+	CACert          []byte
+	// Detached processes outlive the Go program that started them (`make demo`); otherwise they
+	// die with it.
+	Detached  bool
+	processes []*Process
 }
 
-type process struct {
-	name string
+// Process is one running component.
+type Process struct {
+	Name string
 	cmd  *exec.Cmd
-	log  string
+	Log  string
 }
 
-// start runs a binary with its output in dir/<name>.log.
-func (cp *controlPlane) start(name, binary string, args []string, env ...string) (*process, error) {
-	logPath := filepath.Join(cp.dir, name+".log")
+// Pid is the process's ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// StartProcess runs a binary with its output in Dir/<name>.log.
+func (cp *ControlPlane) StartProcess(name, binary string, args []string, env ...string) (*Process, error) {
+	logPath := filepath.Join(cp.Dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -51,54 +60,67 @@ func (cp *controlPlane) start(name, binary string, args []string, env ...string)
 	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if !cp.Detached {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, log: logPath}
+	p := &Process{Name: name, cmd: cmd, Log: logPath}
 	cp.processes = append(cp.processes, p)
 	go func() { _ = cmd.Wait(); logFile.Close() }()
 	return p, nil
 }
 
-// stop ends a process by its PID (its process group), politely first.
-func (p *process) stop() {
-	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
-		return
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+// Stop ends the process.
+func (p *Process) Stop() { StopPid(p.cmd.Process.Pid) }
+
+// StopPid ends a process by its PID (and its process group), politely first.
+func StopPid(pid int) {
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if syscall.Kill(p.cmd.Process.Pid, 0) != nil {
+		if syscall.Kill(pid, 0) != nil {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
 }
 
-func (cp *controlPlane) stop() {
+// Stop ends every process, the last started first.
+func (cp *ControlPlane) Stop() {
 	for i := len(cp.processes) - 1; i >= 0; i-- {
-		cp.processes[i].stop()
+		cp.processes[i].Stop()
 	}
 }
 
-// logs prints the tail of every process's log, for a failed run.
-func (cp *controlPlane) logs() string {
+// Pids are the processes' IDs, for a later `make demo-down`.
+func (cp *ControlPlane) Pids() []int {
+	var pids []int
+	for _, p := range cp.processes {
+		pids = append(pids, p.Pid())
+	}
+	return pids
+}
+
+// Logs prints the tail of every process's log, for a failed run.
+func (cp *ControlPlane) Logs() string {
 	var b strings.Builder
 	for _, p := range cp.processes {
-		data, _ := os.ReadFile(p.log)
+		data, _ := os.ReadFile(p.Log)
 		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 		if len(lines) > 60 {
 			lines = lines[len(lines)-60:]
 		}
-		fmt.Fprintf(&b, "\n===== %s (%s, last %d lines) =====\n%s\n", p.name, p.log, len(lines), strings.Join(lines, "\n"))
+		fmt.Fprintf(&b, "\n===== %s (%s, last %d lines) =====\n%s\n", p.Name, p.Log, len(lines), strings.Join(lines, "\n"))
 	}
 	return b.String()
 }
 
-func freePort() (int, error) {
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -107,25 +129,25 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startControlPlane brings up etcd, kube-apiserver (authorization Node,RBAC),
+// Start brings up etcd, kube-apiserver (authorization Node,RBAC),
 // kube-controller-manager, kube-scheduler and kwok.
-func startControlPlane(ctx context.Context, bin, dir string) (*controlPlane, error) {
-	cp := &controlPlane{dir: dir, bin: bin}
+func Start(ctx context.Context, bin, dir string, detached bool) (*ControlPlane, error) {
+	cp := &ControlPlane{Dir: dir, Bin: bin, Detached: detached}
 	ok := false
 	defer func() {
 		if !ok {
-			cp.stop()
+			cp.Stop()
 		}
 	}()
 	pki, err := writePKI(dir)
 	if err != nil {
 		return nil, fmt.Errorf("writing the PKI: %w", err)
 	}
-	cp.caCert = pki.caCert
+	cp.CACert = pki.caCert
 
-	etcdClient, _ := freePort()
-	etcdPeer, _ := freePort()
-	if _, err := cp.start("etcd", filepath.Join(bin, "etcd"), []string{
+	etcdClient, _ := FreePort()
+	etcdPeer, _ := FreePort()
+	if _, err := cp.StartProcess("etcd", filepath.Join(bin, "etcd"), []string{
 		"--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
 		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPeer),
@@ -133,9 +155,9 @@ func startControlPlane(ctx context.Context, bin, dir string) (*controlPlane, err
 		return nil, err
 	}
 
-	apiPort, _ := freePort()
-	cp.apiServer = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
-	if _, err := cp.start("kube-apiserver", filepath.Join(bin, "kube-apiserver"), []string{
+	apiPort, _ := FreePort()
+	cp.APIServer = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	if _, err := cp.StartProcess("kube-apiserver", filepath.Join(bin, "kube-apiserver"), []string{
 		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
 		"--cert-dir", filepath.Join(dir, "apiserver-certs"),
@@ -150,17 +172,17 @@ func startControlPlane(ctx context.Context, bin, dir string) (*controlPlane, err
 	}); err != nil {
 		return nil, err
 	}
-	cp.adminKube = filepath.Join(dir, "admin.kubeconfig")
-	if err := writeKubeconfig(cp.adminKube, cp.apiServer, pki.caCert, "admin", pki.path("admin.crt"), pki.path("admin.key"), ""); err != nil {
+	cp.AdminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
+	if err := WriteKubeconfig(cp.AdminKubeconfig, cp.APIServer, pki.caCert, "admin", pki.path("admin.crt"), pki.path("admin.key"), ""); err != nil {
 		return nil, err
 	}
 	if err := cp.waitReady(ctx, pki); err != nil {
 		return nil, err
 	}
 
-	if _, err := cp.start("kube-controller-manager", filepath.Join(bin, "kube-controller-manager"), []string{
-		"--kubeconfig", cp.adminKube,
-		"--authentication-kubeconfig", cp.adminKube, "--authorization-kubeconfig", cp.adminKube,
+	if _, err := cp.StartProcess("kube-controller-manager", filepath.Join(bin, "kube-controller-manager"), []string{
+		"--kubeconfig", cp.AdminKubeconfig,
+		"--authentication-kubeconfig", cp.AdminKubeconfig, "--authorization-kubeconfig", cp.AdminKubeconfig,
 		"--service-account-private-key-file", pki.path("sa.key"), "--root-ca-file", pki.path("ca.crt"),
 		"--leader-elect=false", "--secure-port=0",
 		"--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
@@ -168,16 +190,16 @@ func startControlPlane(ctx context.Context, bin, dir string) (*controlPlane, err
 	}); err != nil {
 		return nil, err
 	}
-	if _, err := cp.start("kube-scheduler", filepath.Join(bin, "kube-scheduler"), []string{
-		"--kubeconfig", cp.adminKube,
-		"--authentication-kubeconfig", cp.adminKube, "--authorization-kubeconfig", cp.adminKube,
+	if _, err := cp.StartProcess("kube-scheduler", filepath.Join(bin, "kube-scheduler"), []string{
+		"--kubeconfig", cp.AdminKubeconfig,
+		"--authentication-kubeconfig", cp.AdminKubeconfig, "--authorization-kubeconfig", cp.AdminKubeconfig,
 		"--leader-elect=false", "--secure-port=0",
 	}); err != nil {
 		return nil, err
 	}
-	kwokPort, _ := freePort()
-	if _, err := cp.start("kwok", filepath.Join(bin, "kwok"), []string{
-		"--kubeconfig", cp.adminKube,
+	kwokPort, _ := FreePort()
+	if _, err := cp.StartProcess("kwok", filepath.Join(bin, "kwok"), []string{
+		"--kubeconfig", cp.AdminKubeconfig,
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
 		"--manage-nodes-with-label-selector=",
@@ -190,7 +212,7 @@ func startControlPlane(ctx context.Context, bin, dir string) (*controlPlane, err
 }
 
 // waitReady polls /readyz with the admin certificate.
-func (cp *controlPlane) waitReady(ctx context.Context, pki *pki) error {
+func (cp *ControlPlane) waitReady(ctx context.Context, pki *pki) error {
 	cert, err := tls.LoadX509KeyPair(pki.path("admin.crt"), pki.path("admin.key"))
 	if err != nil {
 		return err
@@ -203,7 +225,7 @@ func (cp *controlPlane) waitReady(ctx context.Context, pki *pki) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		resp, err := client.Get(cp.apiServer + "/readyz")
+		resp, err := client.Get(cp.APIServer + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -281,8 +303,8 @@ func writePKI(dir string) (*pki, error) {
 	return p, os.WriteFile(p.path("sa.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o600)
 }
 
-// writeKubeconfig writes a kubeconfig with a client certificate or a bearer token.
-func writeKubeconfig(path, server string, ca []byte, user, certFile, keyFile, token string) error {
+// WriteKubeconfig writes a kubeconfig with a client certificate or a bearer token.
+func WriteKubeconfig(path, server string, ca []byte, user, certFile, keyFile, token string) error {
 	auth := fmt.Sprintf("    client-certificate: %s\n    client-key: %s\n", certFile, keyFile)
 	if token != "" {
 		auth = fmt.Sprintf("    token: %s\n", token)
