@@ -41,6 +41,7 @@ func TestBrokerport(t *testing.T) {
 		run  func(*testing.T, context.Context)
 	}{
 		{"1 opt-in exposes every broker", optIn},
+		{"7 real Kafka clients reach every advertised broker", kafkaClients},
 		{"2 scale up takes the next ports, scale down removes Services", scale},
 		{"4 a node's address change is repaired and a restart asked for", nodeAddressChange},
 		{"5 a dry-run create returns the mutation and persists nothing", dryRun},

@@ -9,7 +9,7 @@ kwok_version=v0.7.0
 cache="${BROKERPORT_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/brokerport-e2e}"
 key="$(cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum | cut -c1-16)-$(go env GOVERSION)"
 bin="$cache/$key/bin"
-tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler resolve-env kwok)
 
 missing=0
 for t in "${tools[@]}"; do [ -x "$bin/$t" ] || missing=1; done
@@ -24,9 +24,9 @@ mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
-echo ">> building kube-apiserver, kube-controller-manager, kube-scheduler $k8s_version and etcd (about 5 minutes cold)" >&2
+echo ">> building kube-apiserver, kube-controller-manager, kube-scheduler $k8s_version, etcd and resolve-env (about 5 minutes cold)" >&2
 (cd "$here" && go build -ldflags "$ldflags" -o "$tmp/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler ./etcd) >&2
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler ./etcd ./resolve-env) >&2
 echo ">> built in $(( $(date +%s) - start ))s; installing kwok $kwok_version (about 1.5 minutes cold)" >&2
 GOBIN="$tmp" go install "sigs.k8s.io/kwok/cmd/kwok@$kwok_version" >&2
 rm -rf "$bin"
