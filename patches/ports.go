@@ -55,6 +55,14 @@ func NewPortSet(reservations ...Reservation) PortSet {
 	return PortSet{sorted: sorted}
 }
 
+// With is the set with more reservations.
+func (s PortSet) With(more ...Reservation) PortSet {
+	if len(more) == 0 {
+		return s
+	}
+	return NewPortSet(append(slices.Clone(s.sorted), more...)...)
+}
+
 // Conflict returns the first reservation that overlaps r.
 func (s PortSet) Conflict(r PortRange) (Reservation, bool) {
 	// Reservations starting after r.Last cannot overlap; everything before may, as ranges can be long.

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -27,10 +30,15 @@ type StatefulSetHandler struct {
 	decoder  admission.Decoder
 	snapshot Snapshot
 	opts     patches.Options
+	// assigning serialises block assignment, and recent holds the blocks this process assigned
+	// until the cache has caught up, so that StatefulSets labeled at the same moment never get
+	// the same block.
+	assigning sync.Mutex
+	recent    recentBlocks
 }
 
 func NewStatefulSetHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *StatefulSetHandler {
-	return &StatefulSetHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+	return &StatefulSetHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts, recent: recentBlocks{ttl: 2 * time.Minute, now: time.Now}}
 }
 
 func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -44,18 +52,26 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 	// An object that is not opted in is still mutated: if it was opted in before, the removal
 	// takes the opt-in out of its template; if it never was, nothing changes and no patch is sent.
 	var inUse patches.PortSet
+	key := types.NamespacedName{Namespace: req.Namespace, Name: sts.Name}
 	if patches.IsExposed(sts.Labels) {
 		if sts.Name == "" {
 			return denied(statefulSetKind, req.Name, field.ErrorList{field.Required(field.NewPath("metadata", "name"), "brokerport names broker pods and Services after the StatefulSet, so it needs a fixed name, not generateName")})
 		}
+		h.assigning.Lock()
+		defer h.assigning.Unlock()
 		var err error
 		if inUse, err = h.snapshot.PortsInUse(ctx, req.Namespace, sts.Name); err != nil {
 			return admission.Errored(http.StatusInternalServerError, err)
 		}
+		inUse = inUse.With(h.recent.others(key)...)
 	}
 	mutated := sts.DeepCopy()
 	if errs := patches.MutateStatefulSet(mutated, inUse, h.opts); len(errs) > 0 {
 		return denied(statefulSetKind, objectName(req, sts.Name), errs)
+	}
+	if base := mutated.Annotations[patches.AnnotationPortBase]; base != sts.Annotations[patches.AnnotationPortBase] && (req.DryRun == nil || !*req.DryRun) {
+		cfg, _ := patches.ParseConfig(mutated.Annotations, nil, h.opts)
+		h.recent.add(key, cfg.Block())
 	}
 	unchanged := "already as brokerport wants it"
 	if !patches.IsExposed(sts.Labels) {
@@ -144,4 +160,39 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 		return denied(serviceKind, objectName(req, svc.Name), errs)
 	}
 	return patchResponse(req.Object.Raw, svc, mutated, "already as brokerport wants it")
+}
+
+// recentBlocks are blocks assigned by this process that the informer cache may not show yet.
+// Only used under StatefulSetHandler.assigning.
+type recentBlocks struct {
+	ttl    time.Duration
+	now    func() time.Time
+	blocks map[types.NamespacedName]recentBlock
+}
+
+type recentBlock struct {
+	block patches.PortRange
+	at    time.Time
+}
+
+func (r *recentBlocks) add(key types.NamespacedName, block patches.PortRange) {
+	if r.blocks == nil {
+		r.blocks = map[types.NamespacedName]recentBlock{}
+	}
+	r.blocks[key] = recentBlock{block: block, at: r.now()}
+}
+
+// others are the unexpired blocks of StatefulSets other than key.
+func (r *recentBlocks) others(key types.NamespacedName) []patches.Reservation {
+	var out []patches.Reservation
+	for k, b := range r.blocks {
+		if r.now().Sub(b.at) > r.ttl {
+			delete(r.blocks, k)
+			continue
+		}
+		if k != key {
+			out = append(out, patches.Reservation{PortRange: b.block, Owner: fmt.Sprintf("StatefulSet %s (assigned moments ago)", k)})
+		}
+	}
+	return out
 }

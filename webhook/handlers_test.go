@@ -1,0 +1,48 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/brokerport/brokerport/patches"
+)
+
+// StatefulSets labeled at the same moment, before the cache shows any of them, get distinct
+// blocks.
+func TestConcurrentOptInsGetDistinctBlocks(t *testing.T) {
+	scheme := Scheme()
+	reader := fake.NewClientBuilder().WithScheme(scheme).Build() // the cache shows none of them
+	h := NewStatefulSetHandler(scheme, ReaderSnapshot{Reader: reader}, patches.DefaultOptions())
+	const n = 10 // 10 × 8 ports fit in 30000-30085
+	bases := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw := fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"s%d","labels":{"brokerport.io/expose":"true"}},"spec":{"template":{"metadata":{"labels":{"a":"b"}}}}}`, i)
+			resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+				Operation: admissionv1.Create, Namespace: "kafka", Name: fmt.Sprintf("s%d", i), Object: runtime.RawExtension{Raw: []byte(raw)},
+			}})
+			require.True(t, resp.Allowed, "%v", resp.Result)
+			for _, op := range resp.Patches {
+				if op.Path == "/metadata/annotations" {
+					bases[i] = op.Value.(map[string]any)[patches.AnnotationPortBase].(string)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sorted := slices.Sorted(slices.Values(bases))
+	assert.Equal(t, []string{"30000", "30008", "30016", "30024", "30032", "30040", "30048", "30056", "30064", "30072"}, sorted)
+}
