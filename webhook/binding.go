@@ -147,7 +147,7 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 	if _, err := patches.MutateBinding(mutated, pod, node, h.opts); err != nil {
 		return h.withoutAddress(ctx, req, pod, err)
 	}
-	return patchResponse(req.Object.Raw, binding, mutated, "the Binding already carries the address")
+	return patchResponse(binding, mutated, "the Binding already carries the address")
 }
 
 // brokerPod reads the pod from the cache, or, when the cache has not seen it yet (it was created

@@ -77,7 +77,7 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 	if !patches.IsExposed(sts.Labels) {
 		unchanged = "not opted in"
 	}
-	return patchResponse(req.Object.Raw, sts, mutated, unchanged)
+	return patchResponseFromRaw(req.Object.Raw, sts, mutated, unchanged)
 }
 
 // PodHandler exposes a broker pod on create: hostPorts, one broker per node, brokerport's
@@ -114,7 +114,7 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 	if errs := patches.MutatePod(mutated, node, h.opts); len(errs) > 0 {
 		return denied(podKind, objectName(req, pod.Name), errs)
 	}
-	return patchResponse(req.Object.Raw, pod, mutated, "already as brokerport wants it")
+	return patchResponse(pod, mutated, "already as brokerport wants it")
 }
 
 // ServiceHandler makes an opted-in Service a NodePort Service on its broker's external ports.
@@ -159,7 +159,7 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 	if errs := patches.MutateService(mutated, sts, h.opts); len(errs) > 0 {
 		return denied(serviceKind, objectName(req, svc.Name), errs)
 	}
-	return patchResponse(req.Object.Raw, svc, mutated, "already as brokerport wants it")
+	return patchResponse(svc, mutated, "already as brokerport wants it")
 }
 
 // recentBlocks are blocks assigned by this process that the informer cache may not show yet.

@@ -3,6 +3,7 @@ package webhook
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -15,46 +16,69 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
-// patchResponse answers with the patch that turns the request's raw object into mutated, or
+// patchResponse answers with the patch that turns the request's object into mutated, or
 // allows it with the message unchanged when there is nothing to change.
 //
-// The patch is diffed from the raw request bytes, so that paths are valid against what the API
-// server holds. Decoding into Go structs loses fields they do not know and adds zero values the
-// request never had; diffing raw against the decoded original finds those operations, and they
-// are dropped: brokerport changes only what it means to change, and unknown fields survive (as
-// controller-runtime's defaulter does for removals).
-func patchResponse(raw []byte, original, mutated any, unchanged string) admission.Response {
-	originalJSON, err := json.Marshal(original)
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the original object: %w", err))
+// The patch is the diff between the decoded original and the mutated object, both encoded from
+// the same Go structs: it holds exactly what brokerport changed. Fields the structs do not know
+// (a newer API server's) are in neither side, so no operation touches them and they survive in
+// the stored object; zero values the structs always encode (creationTimestamp: null,
+// resources: {}) are in both, so no operation adds them either. Paths stay valid against the
+// request because decoding keeps every list's length and order, and because brokerport adds
+// only to maps, lists and optional fields, which the encoding omits when the request has none.
+// The one exception is patchResponseFromRaw's.
+func patchResponse(original, mutated any, unchanged string) admission.Response {
+	originalJSON, mutatedJSON, resp := encodeBoth(original, mutated, unchanged)
+	if resp != nil {
+		return *resp
 	}
-	mutatedJSON, err := json.Marshal(mutated)
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the mutated object: %w", err))
-	}
-	if bytes.Equal(originalJSON, mutatedJSON) {
-		return admission.Allowed(unchanged)
-	}
-	resp := admission.PatchResponseFromRaw(raw, mutatedJSON)
-	if !resp.Allowed {
-		return resp
-	}
-	roundTrip := admission.PatchResponseFromRaw(raw, originalJSON)
-	if !roundTrip.Allowed {
-		return roundTrip
-	}
-	fromDecoding := make(map[string]bool, len(roundTrip.Patches))
-	for _, op := range roundTrip.Patches {
-		fromDecoding[opKey(op)] = true
-	}
-	resp.Patches = slices.DeleteFunc(resp.Patches, func(op jsonpatch.JsonPatchOperation) bool { return fromDecoding[opKey(op)] })
-	if len(resp.Patches) == 0 {
-		return admission.Allowed(unchanged)
-	}
-	return resp
+	return admission.PatchResponseFromRaw(originalJSON, mutatedJSON)
 }
 
-func opKey(op jsonpatch.JsonPatchOperation) string { return op.Json() }
+// patchResponseFromRaw is patchResponse for an object whose mutation may add under a struct the
+// encoding always has but the request may lack: a StatefulSet's spec.template.metadata. It diffs
+// the raw request, and drops the operations that decoding alone causes (diffing the raw request
+// against the decoded original finds them), as controller-runtime's defaulter drops removals.
+// Twice the cost of patchResponse, on a rare request.
+func patchResponseFromRaw(raw []byte, original, mutated any, unchanged string) admission.Response {
+	originalJSON, mutatedJSON, resp := encodeBoth(original, mutated, unchanged)
+	if resp != nil {
+		return *resp
+	}
+	patched := admission.PatchResponseFromRaw(raw, mutatedJSON)
+	decoding := admission.PatchResponseFromRaw(raw, originalJSON)
+	if !patched.Allowed || !decoding.Allowed {
+		return admission.Errored(http.StatusInternalServerError, errors.New("diffing the request"))
+	}
+	fromDecoding := make(map[string]bool, len(decoding.Patches))
+	for _, op := range decoding.Patches {
+		fromDecoding[op.Json()] = true
+	}
+	patched.Patches = slices.DeleteFunc(patched.Patches, func(op jsonpatch.JsonPatchOperation) bool { return fromDecoding[op.Json()] })
+	if len(patched.Patches) == 0 {
+		return admission.Allowed(unchanged)
+	}
+	return patched
+}
+
+// encodeBoth encodes both objects; resp is set when there is nothing more to do.
+func encodeBoth(original, mutated any, unchanged string) (originalJSON, mutatedJSON []byte, resp *admission.Response) {
+	originalJSON, err := json.Marshal(original)
+	if err != nil {
+		r := admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the original object: %w", err))
+		return nil, nil, &r
+	}
+	mutatedJSON, err = json.Marshal(mutated)
+	if err != nil {
+		r := admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the mutated object: %w", err))
+		return nil, nil, &r
+	}
+	if bytes.Equal(originalJSON, mutatedJSON) {
+		r := admission.Allowed(unchanged)
+		return nil, nil, &r
+	}
+	return originalJSON, mutatedJSON, nil
+}
 
 // denied refuses the request as the API server refuses an invalid object: naming the object and
 // every field at fault.

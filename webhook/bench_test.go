@@ -1,0 +1,120 @@
+package webhook
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	"sigs.k8s.io/yaml"
+
+	"github.com/brokerport/brokerport/patches"
+)
+
+// Benchmarks of each handler, decode → mutate → patch, on realistic input. The HTTP and
+// AdmissionReview encoding around them are controller-runtime's and measured by test/load.
+
+func benchInput(b *testing.B, path string) []byte {
+	b.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return raw
+}
+
+func benchRequest(op admissionv1.Operation, namespace, name string, raw []byte) admission.Request {
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		Operation: op, Namespace: namespace, Name: name, Object: runtime.RawExtension{Raw: raw},
+	}}
+}
+
+func runHandler(b *testing.B, h admission.Handler, req admission.Request, wantPatch bool) {
+	b.Helper()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		resp := h.Handle(ctx, req)
+		if !resp.Allowed || (len(resp.Patches) > 0) != wantPatch {
+			b.Fatalf("allowed=%v patches=%d: %v", resp.Allowed, len(resp.Patches), resp.Result)
+		}
+	}
+}
+
+// benchCluster is a cluster with the Redpanda StatefulSet, its broker pod and its node.
+func benchCluster(b *testing.B) (ReaderSnapshot, *Clusters, *corev1.Pod) {
+	scheme := Scheme()
+	pod := &corev1.Pod{}
+	if err := yaml.Unmarshal(benchInput(b, "testdata/bench/pod-redpanda.yaml"), pod); err != nil {
+		b.Fatal(err)
+	}
+	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "redpanda",
+		Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: pod.Annotations}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}}
+	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(sts, pod.DeepCopy(), node).Build()
+	clusters := NewClusters()
+	clusters.record(sts, true)
+	return ReaderSnapshot{Reader: reader, Options: patches.DefaultOptions()}, clusters, pod
+}
+
+func BenchmarkPodHandler(b *testing.B) {
+	snapshot, _, _ := benchCluster(b)
+	h := NewPodHandler(Scheme(), snapshot, patches.DefaultOptions())
+	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", benchInput(b, "testdata/bench/pod-redpanda.yaml")), true)
+}
+
+func BenchmarkStatefulSetHandler(b *testing.B) {
+	snapshot, _, _ := benchCluster(b)
+	h := NewStatefulSetHandler(Scheme(), snapshot, patches.DefaultOptions())
+	raw := benchInput(b, "testdata/sts-redpanda-four-listeners.in.yaml")
+	var c goldenCase
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		b.Fatal(err)
+	}
+	runHandler(b, h, benchRequest(admissionv1.Update, "redpanda", "redpanda", c.Object), true)
+}
+
+func BenchmarkServiceHandler(b *testing.B) {
+	snapshot, _, _ := benchCluster(b)
+	h := NewServiceHandler(Scheme(), snapshot, patches.DefaultOptions())
+	sts, _ := snapshot.ExposedStatefulSet(context.Background(), "redpanda", "redpanda")
+	cfg, _ := patches.ParseConfig(sts.Annotations, nil, patches.DefaultOptions())
+	raw, err := yaml.Marshal(patches.BrokerService(sts, cfg, 1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, _ = yaml.YAMLToJSON(raw)
+	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1-external", raw), true)
+}
+
+func BenchmarkBindingNotABroker(b *testing.B) {
+	snapshot, clusters, _ := benchCluster(b)
+	h := NewBindingHandler(Scheme(), clusters, snapshot.Reader, snapshot.Reader, snapshot, events.NewFakeRecorder(1), patches.DefaultOptions())
+	raw := []byte(`{"kind":"Binding","apiVersion":"v1","metadata":{"name":"web-7d9f8c6b5-x2k4q","namespace":"redpanda"},"target":{"kind":"Node","name":"node-1"}}`)
+	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "web-7d9f8c6b5-x2k4q", raw), false)
+}
+
+func BenchmarkBindingBroker(b *testing.B) {
+	snapshot, clusters, _ := benchCluster(b)
+	h := NewBindingHandler(Scheme(), clusters, snapshot.Reader, snapshot.Reader, snapshot, events.NewFakeRecorder(1), patches.DefaultOptions())
+	raw := []byte(`{"kind":"Binding","apiVersion":"v1","metadata":{"name":"redpanda-1","namespace":"redpanda"},"target":{"kind":"Node","name":"node-1"}}`)
+	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", raw), true)
+}
+
+// BenchmarkNoop is the floor: a handler that decodes nothing and allows.
+func BenchmarkNoop(b *testing.B) {
+	runHandler(b, admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
+		return notABroker
+	}), benchRequest(admissionv1.Create, "redpanda", "x", nil), false)
+}
