@@ -4,7 +4,7 @@ IMAGE   ?= ghcr.io/brokerport/brokerport:dev
 BIN     := bin/brokerport
 
 .DEFAULT_GOAL := help
-.PHONY: help build test golden lint demo demo-down render-examples e2e e2e-tools docker-build ci
+.PHONY: help build test golden lint bench demo demo-down render-examples e2e e2e-tools docker-build ci
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,9 @@ lint: ## go vet and a gofmt check
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+bench: ## handler benchmarks, the load harness and informer memory; rewrites BENCHMARKS.md
+	test/load/bench.sh > BENCHMARKS.md.tmp && mv BENCHMARKS.md.tmp BENCHMARKS.md && cat BENCHMARKS.md
 
 demo: ## run brokerport on a local control plane (4 kwok nodes) and print the brokers' addresses; stays up
 	$(GO) run ./test/demo

@@ -377,3 +377,15 @@ func earliest(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// WriteSelfSigned issues a CA and a serving certificate for hosts, writes tls.crt and tls.key
+// into dir, and returns the CA certificate: TLS for tools and tests that run a webhook server
+// without a cluster.
+func WriteSelfSigned(dir string, hosts []string, lifetime time.Duration) ([]byte, error) {
+	m := &Manager{opts: Options{CertDir: dir, Hosts: hosts, Lifetime: lifetime, CALifetime: lifetime}.Defaults()}
+	data, err := m.issue(nil)
+	if err != nil {
+		return nil, err
+	}
+	return data[KeyCACert], m.writeFiles(data)
+}
