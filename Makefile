@@ -4,7 +4,7 @@ IMAGE   ?= ghcr.io/brokerport/brokerport:dev
 BIN     := bin/brokerport
 
 .DEFAULT_GOAL := help
-.PHONY: help build test golden lint bench demo demo-down render-examples e2e e2e-tools docker-build ci
+.PHONY: help build test golden lint fuzz bench demo demo-down render-examples e2e e2e-tools docker-build ci
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,12 @@ lint: ## go vet and a gofmt check
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+FUZZTIME ?= 20s
+fuzz: ## run each fuzzer for FUZZTIME (20s)
+	@for f in FuzzParseConfig FuzzMutatePod FuzzMutateStatefulSet FuzzMutateService; do \
+	  echo ">> $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./patches || exit 1; done
+	@echo ">> FuzzServeHTTP"; $(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./webhook
 
 bench: ## handler benchmarks, the load harness and informer memory; rewrites BENCHMARKS.md
 	test/load/bench.sh > BENCHMARKS.md.tmp && mv BENCHMARKS.md.tmp BENCHMARKS.md && cat BENCHMARKS.md
@@ -45,4 +51,4 @@ e2e: e2e-tools ## the end-to-end suite on a real control plane (builds it from G
 docker-build: ## build the image (needs a Docker engine)
 	docker build -t $(IMAGE) .
 
-ci: lint test e2e ## what .ci/run runs
+ci: lint test fuzz e2e ## what .ci/run runs
