@@ -95,7 +95,7 @@ func TestBadInputCatalog(t *testing.T) {
 			resp := tc.handler.Handle(ctx, admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 				Operation: op, Namespace: "kafka", Name: "x", Object: runtime.RawExtension{Raw: []byte(tc.body)},
 			}})
-			assert.Less(t, time.Since(start), time.Second)
+			assert.Less(t, time.Since(start), 10*time.Second, "a guard against a hang, not a performance figure")
 			require.NotNil(t, resp.Result)
 			assert.Equal(t, tc.code, resp.Result.Code, resp.Result.Message)
 			assert.Equal(t, tc.code == 200, resp.Allowed)
