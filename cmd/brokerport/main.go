@@ -127,6 +127,9 @@ func serve(args []string) error {
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "brokerport-controller",
 		LeaderElectionNamespace: *namespace,
+		// The process exits right after the manager stops, so handing the lease over at once is
+		// safe, and the next replica's controller starts without waiting for it to expire.
+		LeaderElectionReleaseOnCancel: true,
 		WebhookServer: ctrlwebhook.NewServer(ctrlwebhook.Options{
 			Port: *port, CertDir: *certDir, TLSOpts: webhook.TLSOptions(),
 		}),

@@ -27,6 +27,8 @@ var env struct {
 	clientset  *kubernetes.Clientset
 	brokerport *cluster.Process
 	dir        string
+	binary     string // brokerport's, for a restart
+	port       int    // the webhook port the manifests point at
 }
 
 // Nodes: kwok nodes whose ExternalIPs are loopback addresses, so that later suites can listen
@@ -58,7 +60,7 @@ func run(m *testing.M) (int, error) {
 		return 1, err
 	}
 	step("building brokerport")
-	binary, err := cluster.BuildBrokerport(env.dir)
+	env.binary, err = cluster.BuildBrokerport(env.dir)
 	if err != nil {
 		return 1, err
 	}
@@ -75,16 +77,15 @@ func run(m *testing.M) (int, error) {
 	if err := cluster.CreateNodes(ctx, env.admin, nodeIPs); err != nil {
 		return 1, err
 	}
-	webhookPort, err := cluster.FreePort()
-	if err != nil {
+	if env.port, err = cluster.FreePort(); err != nil {
 		return 1, err
 	}
 	step("installing the standalone manifests")
-	if err := cluster.InstallBrokerport(ctx, env.admin, webhookPort); err != nil {
+	if err := cluster.InstallBrokerport(ctx, env.admin, env.port); err != nil {
 		return 1, err
 	}
 	step("starting brokerport with the brokerport ServiceAccount's token")
-	if env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, binary, webhookPort); err != nil {
+	if env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port); err != nil {
 		return 1, err
 	}
 	step("brokerport ready; running the scenarios")

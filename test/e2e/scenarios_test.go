@@ -46,6 +46,8 @@ func TestBrokerport(t *testing.T) {
 		{"4 a node's address change is repaired and a restart asked for", nodeAddressChange},
 		{"5 a dry-run create returns the mutation and persists nothing", dryRun},
 		{"6 brokerport's own namespace is never touched", ownNamespace},
+		{"8 brokerport down mid-rollout: brokers refused, then completed", brokerportDown},
+		{"9 20 StatefulSets labeled at once get distinct blocks", concurrentOptIns},
 		{"3 removing the label rolls everything back", optOut},
 	}
 	for _, s := range steps {
