@@ -53,7 +53,8 @@ func (p *Process) Pid() int { return p.cmd.Process.Pid }
 // StartProcess runs a binary with its output in Dir/<name>.log.
 func (cp *ControlPlane) StartProcess(name, binary string, args []string, env ...string) (*Process, error) {
 	logPath := filepath.Join(cp.Dir, name+".log")
-	logFile, err := os.Create(logPath)
+	// Appended to, so that a restarted process keeps its earlier log.
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +50,7 @@ func TestBrokerport(t *testing.T) {
 		{"8 brokerport down mid-rollout: brokers refused, then completed", brokerportDown},
 		{"9 20 StatefulSets labeled at once get distinct blocks", concurrentOptIns},
 		{"3 removing the label rolls everything back", optOut},
+		{"10 brokerport made no call its RBAC forbids", noForbiddenCalls},
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, func(t *testing.T) { s.run(t, ctx) }) {
@@ -406,4 +408,14 @@ func envValue(c corev1.Container, name string) string {
 		}
 	}
 	return ""
+}
+
+// noForbiddenCalls reads brokerport's log for the whole run: it ran with its ServiceAccount under
+// --authorization-mode=Node,RBAC, so a call the manifests' RBAC does not allow shows there.
+func noForbiddenCalls(t *testing.T, _ context.Context) {
+	data, err := os.ReadFile(env.brokerport.Log)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(data), "\n") {
+		assert.NotContains(t, strings.ToLower(line), "forbidden")
+	}
 }

@@ -218,7 +218,7 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, broker
 		}
 		addr, err := patches.SelectAddress(node, cfg)
 		if err != nil {
-			r.Events.Eventf(pod, sts, corev1.EventTypeWarning, "NoNodeAddress", "Repair", "%v", err)
+			r.Events.Eventf(sts, pod, corev1.EventTypeWarning, "NoNodeAddress", "Repair", "broker %s: %v", pod.Name, err)
 			continue
 		}
 		before := pod.Annotations[patches.AnnotationHost]
