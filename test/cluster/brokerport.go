@@ -74,12 +74,12 @@ func (cp *ControlPlane) Clients() (client.WithWatch, *kubernetes.Clientset, erro
 	return c, clientset, err
 }
 
-// CreateNodes registers one kwok node per IP, kwok-node-<i>, with that ExternalIP, and waits
-// until they are Ready and untainted and kube-controller-manager has made the default
+// CreateNodes registers one kwok node per IP, <prefix>-<i>, with that ExternalIP, and waits
+// until every node is Ready and untainted and kube-controller-manager has made the default
 // ServiceAccount.
-func CreateNodes(ctx context.Context, c client.Client, nodeIPs []string) error {
+func CreateNodes(ctx context.Context, c client.Client, prefix string, nodeIPs []string) error {
 	for i, ip := range nodeIPs {
-		name := fmt.Sprintf("kwok-node-%d", i)
+		name := fmt.Sprintf("%s-%d", prefix, i)
 		node := &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{
 				Name:        name,
@@ -164,7 +164,7 @@ func InstallBrokerport(ctx context.Context, c client.Client, port int) error {
 // StartBrokerport runs `brokerport serve` on the host with a token of the brokerport
 // ServiceAccount from the manifests (so that its real RBAC applies), and waits until it is ready
 // and its CA is in the webhook configuration.
-func (cp *ControlPlane) StartBrokerport(ctx context.Context, c client.Client, clientset *kubernetes.Clientset, binary string, port int) (*Process, error) {
+func (cp *ControlPlane) StartBrokerport(ctx context.Context, c client.Client, clientset *kubernetes.Clientset, binary string, port int, extraArgs ...string) (*Process, error) {
 	token, err := clientset.CoreV1().ServiceAccounts("brokerport-system").CreateToken(ctx, "brokerport",
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(7200))}}, metav1.CreateOptions{})
 	if err != nil {
@@ -175,7 +175,7 @@ func (cp *ControlPlane) StartBrokerport(ctx context.Context, c client.Client, cl
 		return nil, err
 	}
 	probePort, _ := FreePort()
-	p, err := cp.StartProcess("brokerport", binary, []string{
+	p, err := cp.StartProcess("brokerport", binary, append([]string{
 		"serve",
 		fmt.Sprintf("--port=%d", port),
 		"--cert-dir", filepath.Join(cp.Dir, "brokerport-certs"),
@@ -184,7 +184,7 @@ func (cp *ControlPlane) StartBrokerport(ctx context.Context, c client.Client, cl
 		"--metrics-bind-address=0",
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
 		"--gate-image=brokerport:e2e",
-	}, "KUBECONFIG="+kubeconfig)
+	}, extraArgs...), "KUBECONFIG="+kubeconfig)
 	if err != nil {
 		return nil, err
 	}

@@ -91,7 +91,7 @@ func up(state string) error {
 		return err
 	}
 	say("registering 4 kwok nodes with ExternalIPs %s", strings.Join(nodeIPs, ", "))
-	if err := cluster.CreateNodes(ctx, c, nodeIPs); err != nil {
+	if err := cluster.CreateNodes(ctx, c, "kwok-node", nodeIPs); err != nil {
 		return err
 	}
 	port, err := cluster.FreePort()

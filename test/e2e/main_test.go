@@ -74,7 +74,7 @@ func run(m *testing.M) (int, error) {
 	if env.admin, env.clientset, err = env.cp.Clients(); err != nil {
 		return 1, err
 	}
-	if err := cluster.CreateNodes(ctx, env.admin, nodeIPs); err != nil {
+	if err := cluster.CreateNodes(ctx, env.admin, "kwok-node", nodeIPs); err != nil {
 		return 1, err
 	}
 	if env.port, err = cluster.FreePort(); err != nil {

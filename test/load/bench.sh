@@ -49,6 +49,21 @@ decodes it.
 
 MEM
 go run ./test/load -memory
+cat <<SCALE
+
+## 100 brokers on a real control plane (\`go test -tags e2e,scale -run TestScale ./test/e2e\`)
+
+The end-to-end control plane (kube-apiserver, scheduler, controller-manager, kwok) with 100 more
+kwok nodes; a 100-broker StatefulSet is labeled. Admission times are the API server's own
+(\`apiserver_admission_webhook_admission_duration_seconds\` sum/count, so means, not bucket
+percentiles), for each quarter of the rollout: flat means an admission costs the same however
+many brokers there are.
+
+SCALE
+out=$(mktemp)
+BROKERPORT_E2E_BIN=$(test/tools/build.sh) BROKERPORT_SCALE_OUT="$out" go test -tags e2e,scale -count=1 -run TestScale ./test/e2e >&2
+cat "$out"
+rm -f "$out"
 cat <<ALLOC
 
 ## Port allocation (\`go test -bench AllocateBlock ./patches\`)
