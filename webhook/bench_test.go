@@ -74,6 +74,16 @@ func BenchmarkPodHandler(b *testing.B) {
 	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", benchInput(b, "testdata/bench/pod-redpanda.yaml")), true)
 }
 
+// BenchmarkPodHandlerWithGate is the production case (the manifests set --gate-image): the gate
+// goes in ahead of the chart's init containers, so the patch is diffed from the raw request.
+func BenchmarkPodHandlerWithGate(b *testing.B) {
+	snapshot, _, _ := benchCluster(b)
+	opts := patches.DefaultOptions()
+	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
+	h := NewPodHandler(Scheme(), snapshot, opts)
+	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", benchInput(b, "testdata/bench/pod-redpanda.yaml")), true)
+}
+
 func BenchmarkStatefulSetHandler(b *testing.B) {
 	snapshot, _, _ := benchCluster(b)
 	h := NewStatefulSetHandler(Scheme(), snapshot, patches.DefaultOptions())

@@ -114,6 +114,10 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 	if errs := patches.MutatePod(mutated, node, h.opts); len(errs) > 0 {
 		return denied(podKind, objectName(req, pod.Name), errs)
 	}
+	if len(pod.Spec.InitContainers) > 0 && len(mutated.Spec.InitContainers) != len(pod.Spec.InitContainers) {
+		// The gate went in ahead of the pod's own init containers, shifting them.
+		return patchResponseFromRaw(req.Object.Raw, pod, mutated, "already as brokerport wants it")
+	}
 	return patchResponse(pod, mutated, "already as brokerport wants it")
 }
 

@@ -21,12 +21,13 @@ import (
 //
 // The patch is the diff between the decoded original and the mutated object, both encoded from
 // the same Go structs: it holds exactly what brokerport changed. Fields the structs do not know
-// (a newer API server's) are in neither side, so no operation touches them and they survive in
-// the stored object; zero values the structs always encode (creationTimestamp: null,
-// resources: {}) are in both, so no operation adds them either. Paths stay valid against the
-// request because decoding keeps every list's length and order, and because brokerport adds
-// only to maps, lists and optional fields, which the encoding omits when the request has none.
-// The one exception is patchResponseFromRaw's.
+// (a newer API server's) are in neither side, so no operation touches them and they survive;
+// zero values the structs always encode (creationTimestamp: null, resources: {}) are in both, so
+// no operation adds them either. The paths are valid against the request as long as brokerport
+// adds only to maps, lists and optional fields, which the encoding omits when the request has
+// none, and lists keep their order. Where a mutation breaks that (it adds under a struct the
+// request may lack, or shifts a list), the handler uses patchResponseFromRaw instead; the golden
+// tests apply every patch to the request as sent.
 func patchResponse(original, mutated any, unchanged string) admission.Response {
 	originalJSON, mutatedJSON, resp := encodeBoth(original, mutated, unchanged)
 	if resp != nil {
@@ -35,11 +36,11 @@ func patchResponse(original, mutated any, unchanged string) admission.Response {
 	return admission.PatchResponseFromRaw(originalJSON, mutatedJSON)
 }
 
-// patchResponseFromRaw is patchResponse for an object whose mutation may add under a struct the
-// encoding always has but the request may lack: a StatefulSet's spec.template.metadata. It diffs
-// the raw request, and drops the operations that decoding alone causes (diffing the raw request
-// against the decoded original finds them), as controller-runtime's defaulter drops removals.
-// Twice the cost of patchResponse, on a rare request.
+// patchResponseFromRaw is patchResponse for a mutation that may add under a struct the encoding
+// always has but the request may lack (a StatefulSet's spec.template.metadata; a pod's init
+// container whose place the gate takes, with its resources: {}). It diffs the raw request, and
+// drops the operations that decoding alone causes (diffing the raw request against the decoded
+// original finds them), as controller-runtime's defaulter drops removals. Twice the cost.
 func patchResponseFromRaw(raw []byte, original, mutated any, unchanged string) admission.Response {
 	originalJSON, mutatedJSON, resp := encodeBoth(original, mutated, unchanged)
 	if resp != nil {

@@ -207,6 +207,7 @@ func serve(dir string) (ctrlwebhook.Server, int, error) {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}}
 	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(sts, pod, node).Build()
 	opts := patches.DefaultOptions()
+	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0" // as the manifests run it
 	snapshot := webhook.ReaderSnapshot{Reader: reader, Options: opts}
 	clusters := webhook.NewClusters()
 	clusters.EventHandler().OnAdd(sts, false)
