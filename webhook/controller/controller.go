@@ -257,7 +257,13 @@ func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg p
 	current := &corev1.ConfigMap{}
 	err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), current)
 	if apierrors.IsNotFound(err) {
-		if err := r.Client.Create(ctx, want); err != nil {
+		err := r.Client.Create(ctx, want)
+		if apierrors.IsAlreadyExists(err) {
+			// The cache holds only brokerport's ConfigMaps: this one is someone else's.
+			r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "ConfigMapTaken", "Publish", "ConfigMap %s exists and is not brokerport's (no %s label): rename or delete it so that brokerport can publish the addresses", want.Name, patches.LabelCluster)
+			return reconcile.TerminalError(fmt.Errorf("ConfigMap %s/%s exists and is not brokerport's", want.Namespace, want.Name))
+		}
+		if err != nil {
 			return fmt.Errorf("creating ConfigMap %s: %w", want.Name, err)
 		}
 		r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "Exposed", "Publish", "brokers exposed on ports %s; addresses in ConfigMap %s", cfg.Block(), want.Name)

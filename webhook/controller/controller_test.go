@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
@@ -212,4 +213,31 @@ func drainEvents(r *events.FakeRecorder) []string {
 			return out
 		}
 	}
+}
+
+func TestReconcileLeavesSomeoneElsesConfigMapAlone(t *testing.T) {
+	f := newFixture(t)
+	theirs := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kafka", Name: "redpanda-external"}, Data: map[string]string{"mine": "yes"}}
+	require.NoError(t, f.client.Create(context.Background(), theirs))
+	// The cache would not show it (it lacks brokerport's label); the fake client does, so hide it.
+	f.r.Client = hideUnlabeledConfigMaps{f.r.Client}
+	_, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "kafka", Name: "redpanda"}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ConfigMap kafka/redpanda-external exists and is not brokerport's")
+	require.NoError(t, f.client.Get(context.Background(), client.ObjectKeyFromObject(theirs), theirs))
+	assert.Equal(t, map[string]string{"mine": "yes"}, theirs.Data, "untouched")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning ConfigMapTaken ConfigMap redpanda-external exists and is not brokerport's")
+}
+
+// hideUnlabeledConfigMaps reads like brokerport's label-filtered ConfigMap cache.
+type hideUnlabeledConfigMaps struct{ client.Client }
+
+func (h hideUnlabeledConfigMaps) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if err := h.Client.Get(ctx, key, obj, opts...); err != nil {
+		return err
+	}
+	if cm, ok := obj.(*corev1.ConfigMap); ok && cm.Labels[patches.LabelCluster] == "" {
+		return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
+	}
+	return nil
 }
