@@ -148,8 +148,8 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		delete(have, want.Name)
 		switch {
 		case !ok:
-			if err := r.Client.Create(ctx, want); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("creating Service %s: %w", want.Name, err)
+			if err := r.createService(ctx, sts, want); err != nil {
+				return err
 			}
 		case !servesPorts(svc, cfg, ordinal):
 			if err := r.updateService(ctx, want); err != nil {
@@ -167,6 +167,27 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		}
 	}
 	return nil
+}
+
+// createService creates a broker's Service. One of that name that the cache does not show is
+// either brokerport's own, created moments ago, or someone else's, which is left alone and said.
+func (r *Reconciler) createService(ctx context.Context, sts *appsv1.StatefulSet, want *corev1.Service) error {
+	err := r.Client.Create(ctx, want)
+	if !apierrors.IsAlreadyExists(err) {
+		if err != nil {
+			return fmt.Errorf("creating Service %s: %w", want.Name, err)
+		}
+		return nil
+	}
+	existing := &corev1.Service{}
+	if err := r.API.Get(ctx, client.ObjectKeyFromObject(want), existing); err != nil {
+		return fmt.Errorf("getting Service %s: %w", want.Name, err)
+	}
+	if existing.Labels[patches.LabelCluster] == sts.Name {
+		return nil
+	}
+	r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "ServiceTaken", "Expose", "Service %s exists and is not brokerport's (no %s=%s label): rename or delete it so that brokerport can expose this broker", want.Name, patches.LabelCluster, sts.Name)
+	return reconcile.TerminalError(fmt.Errorf("Service %s/%s exists and is not brokerport's", want.Namespace, want.Name))
 }
 
 // servesPorts tells whether a Service already has the broker's ports as nodePorts, in order.

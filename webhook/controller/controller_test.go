@@ -241,3 +241,15 @@ func (h hideUnlabeledConfigMaps) Get(ctx context.Context, key client.ObjectKey, 
 	}
 	return nil
 }
+
+func TestReconcileLeavesSomeoneElsesServiceAlone(t *testing.T) {
+	f := newFixture(t)
+	theirs := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "kafka", Name: "redpanda-1-external"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "web", Port: 80}}}}
+	require.NoError(t, f.client.Create(context.Background(), theirs))
+	_, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "kafka", Name: "redpanda"}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Service kafka/redpanda-1-external exists and is not brokerport's")
+	require.NoError(t, f.client.Get(context.Background(), client.ObjectKeyFromObject(theirs), theirs))
+	assert.Equal(t, "web", theirs.Spec.Ports[0].Name, "untouched")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning ServiceTaken Service redpanda-1-external exists and is not brokerport's")
+}
