@@ -18,8 +18,9 @@ test: ## run every test with the race detector
 golden: ## regenerate the golden files from the current code; review the diff before committing
 	$(GO) test ./webhook -run TestGolden -update
 
-lint: ## go vet and a gofmt check
+lint: ## go vet (end-to-end code included) and a gofmt check
 	$(GO) vet ./...
+	$(GO) vet -tags e2e,scale ./test/...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 

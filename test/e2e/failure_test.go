@@ -110,3 +110,61 @@ func concurrentOptIns(t *testing.T, ctx context.Context) {
 	assert.NotContains(t, string(logData), "already allocated", "the API server refused a Service's nodePort")
 	assert.False(t, strings.Contains(string(logData), `"level":"error"`) && strings.Contains(string(logData), "creating Service"), "a Service could not be created")
 }
+
+// nodeGoneWhilePending deletes a node while a broker waits for one (one broker per node, and
+// every node taken): the waiting broker is left without an address, the published addresses
+// list only bound brokers, and once a node comes back the broker is bound with that node's
+// address from its first moment.
+func nodeGoneWhilePending(t *testing.T, ctx context.Context) {
+	c := env.admin
+	key := client.ObjectKey{Namespace: "kafka", Name: "kafka"}
+	scaleKafka := func(n int) {
+		patchLabels(t, ctx, &appsv1.StatefulSet{}, key, fmt.Sprintf(`{"spec":{"replicas":%d}}`, n))
+	}
+	scaleKafka(5) // 4 nodes: kafka-4 can only wait
+	require.NoError(t, waitFor(ctx, 2*time.Minute, "kafka-4 pending", func() error {
+		pod := &corev1.Pod{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "kafka", Name: "kafka-4"}, pod); err != nil {
+			return err
+		}
+		if pod.Spec.NodeName != "" || pod.Annotations[patches.AnnotationHost] != "" {
+			return fmt.Errorf("kafka-4 on %q with host %q", pod.Spec.NodeName, pod.Annotations[patches.AnnotationHost])
+		}
+		return nil
+	}))
+
+	// The node of kafka-3 goes away, and its pod with it (as the pod garbage collector would).
+	victim := &corev1.Pod{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "kafka", Name: "kafka-3"}, victim))
+	node := &corev1.Node{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: victim.Spec.NodeName}, node))
+	require.NoError(t, c.Delete(ctx, node))
+	require.NoError(t, c.Delete(ctx, victim, client.GracePeriodSeconds(0)))
+	require.NoError(t, waitFor(ctx, time.Minute, "published addresses without the lost broker", func() error { return published(ctx, "kafka", "kafka", 3) }))
+
+	// A node comes back under the same name with a new address: the waiting brokers bind to it.
+	node.ResourceVersion, node.UID = "", ""
+	for i, a := range node.Status.Addresses {
+		if a.Type == corev1.NodeExternalIP {
+			node.Status.Addresses[i].Address = "127.0.1.9"
+		}
+	}
+	require.NoError(t, c.Create(ctx, node))
+	require.NoError(t, waitFor(ctx, 2*time.Minute, "a broker bound to the new node", func() error {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods, client.InNamespace("kafka")); err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			if p.Spec.NodeName == node.Name {
+				if p.Annotations[patches.AnnotationHost] != "127.0.1.9" {
+					return fmt.Errorf("%s on %s with host %q", p.Name, node.Name, p.Annotations[patches.AnnotationHost])
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no broker on %s yet", node.Name)
+	}))
+	scaleKafka(3)
+	require.NoError(t, waitFor(ctx, 2*time.Minute, "kafka back to 3 published brokers", func() error { return published(ctx, "kafka", "kafka", 3) }))
+}

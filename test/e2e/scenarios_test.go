@@ -49,6 +49,7 @@ func TestBrokerport(t *testing.T) {
 		{"6 brokerport's own namespace is never touched", ownNamespace},
 		{"8 brokerport down mid-rollout: brokers refused, then completed", brokerportDown},
 		{"9 20 StatefulSets labeled at once get distinct blocks", concurrentOptIns},
+		{"11 a node deleted while a broker is pending", nodeGoneWhilePending},
 		{"3 removing the label rolls everything back", optOut},
 		{"10 brokerport made no call its RBAC forbids", noForbiddenCalls},
 	}
