@@ -40,24 +40,51 @@ type Reservation struct {
 	Owner string // e.g. "StatefulSet kafka/redpanda" or "Service default/web nodePort"
 }
 
-// PortSet is the ports in use, sorted by first port so that allocation is a single ordered walk
-// with an exact, deterministic answer.
+// PortSet is the ports in use. Reservations are kept sorted (for Conflict, which names the
+// holder); the free gaps between them are kept in a max segment tree, so that the lowest gap that
+// holds a block is found in O(log n).
 type PortSet struct {
 	sorted []Reservation
+	gaps   []PortRange // free ranges between the merged reservations, ascending, within 1-65535
+	tree   []int32     // tree[1] is the longest gap; tree[i] = max(tree[2i], tree[2i+1])
+	leaves int
 }
 
-// NewPortSet sorts the reservations (by first port, then owner, so ties are stable).
+// NewPortSet sorts the reservations (by first port, then owner, so ties are stable) and indexes
+// the gaps between them.
 func NewPortSet(reservations ...Reservation) PortSet {
 	sorted := slices.Clone(reservations)
 	slices.SortFunc(sorted, func(a, b Reservation) int {
 		return cmp.Or(cmp.Compare(a.First, b.First), cmp.Compare(a.Last, b.Last), cmp.Compare(a.Owner, b.Owner))
 	})
-	return PortSet{sorted: sorted}
+	var gaps []PortRange
+	next := int32(1) // the lowest port not yet covered
+	for _, r := range sorted {
+		if r.First > next {
+			gaps = append(gaps, PortRange{First: next, Last: r.First - 1})
+		}
+		next = max(next, r.Last+1)
+	}
+	if next <= 65535 {
+		gaps = append(gaps, PortRange{First: next, Last: 65535})
+	}
+	leaves := 1
+	for leaves < len(gaps) {
+		leaves *= 2
+	}
+	tree := make([]int32, 2*leaves)
+	for i, g := range gaps {
+		tree[leaves+i] = g.Size()
+	}
+	for i := leaves - 1; i >= 1; i-- {
+		tree[i] = max(tree[2*i], tree[2*i+1])
+	}
+	return PortSet{sorted: sorted, gaps: gaps, tree: tree, leaves: leaves}
 }
 
 // With is the set with more reservations.
 func (s PortSet) With(more ...Reservation) PortSet {
-	if len(more) == 0 {
+	if len(more) == 0 && s.tree != nil {
 		return s
 	}
 	return NewPortSet(append(slices.Clone(s.sorted), more...)...)
@@ -75,17 +102,45 @@ func (s PortSet) Conflict(r PortRange) (Reservation, bool) {
 	return Reservation{}, false
 }
 
+// firstGapOf returns the index of the first gap from index from on that holds size ports, or -1.
+func (s PortSet) firstGapOf(from int, size int32) int {
+	if i := s.find(1, 0, s.leaves-1, from, size); i < len(s.gaps) {
+		return i
+	}
+	return -1
+}
+
+// find descends the tree, left first, skipping subtrees wholly before from or too short: it
+// visits O(log n) nodes.
+func (s PortSet) find(node, lo, hi, from int, size int32) int {
+	if hi < from || s.tree[node] < size {
+		return -1
+	}
+	if lo == hi {
+		return lo
+	}
+	mid := (lo + hi) / 2
+	if i := s.find(2*node, lo, mid, from, size); i >= 0 {
+		return i
+	}
+	return s.find(2*node+1, mid+1, hi, from, size)
+}
+
 // AllocateBlock returns the first port of the lowest block of size free ports within the range.
 func AllocateBlock(inUse PortSet, within PortRange, size int32) (int32, error) {
-	candidate := within.First
-	for _, res := range inUse.sorted {
-		if candidate+size-1 > within.Last || res.First > candidate+size-1 {
-			break
-		}
-		candidate = max(candidate, res.Last+1)
+	if inUse.tree == nil {
+		inUse = NewPortSet() // the zero PortSet: nothing in use
 	}
-	if candidate+size-1 > within.Last {
+	// The gap where the range starts may begin below it: clip it.
+	g, _ := slices.BinarySearchFunc(inUse.gaps, within.First, func(gap PortRange, port int32) int { return cmp.Compare(gap.Last, port) })
+	start := int32(-1)
+	if g < len(inUse.gaps) && inUse.gaps[g].Last-max(inUse.gaps[g].First, within.First)+1 >= size {
+		start = max(inUse.gaps[g].First, within.First)
+	} else if g = inUse.firstGapOf(g+1, size); g >= 0 {
+		start = inUse.gaps[g].First
+	}
+	if start < 0 || start+size-1 > within.Last {
 		return 0, fmt.Errorf("no block of %d free ports is left in the port range %s (%d ports): widen it with --port-range, or lower %s or the number of listeners", size, within, within.Size(), AnnotationMaxBrokers)
 	}
-	return candidate, nil
+	return start, nil
 }

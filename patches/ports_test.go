@@ -1,6 +1,7 @@
 package patches
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -91,4 +92,37 @@ func TestPortFormula(t *testing.T) {
 	assert.Equal(t, int32(30018), cfg.Port(1, 3))
 	assert.Equal(t, int32(30042), cfg.Port(7, 3))
 	assert.Equal(t, PortRange{First: 30011, Last: 30042}, cfg.Block())
+}
+
+// The indexed search gives exactly what a port-by-port scan gives, on random sets.
+func TestAllocateBlockMatchesAScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 9))
+	for round := range 2000 {
+		var reservations []Reservation
+		for range rng.IntN(30) {
+			first := 29990 + rng.Int32N(120)
+			reservations = append(reservations, Reservation{PortRange: PortRange{First: first, Last: first + rng.Int32N(6)}})
+		}
+		within := PortRange{First: 30000 + rng.Int32N(10), Last: 30050 + rng.Int32N(40)}
+		size := 1 + rng.Int32N(12)
+		want := int32(0)
+		for start := within.First; start+size-1 <= within.Last && want == 0; start++ {
+			free := true
+			for _, r := range reservations {
+				if r.First <= start+size-1 && r.Last >= start {
+					free = false
+				}
+			}
+			if free {
+				want = start
+			}
+		}
+		got, err := AllocateBlock(NewPortSet(reservations...), within, size)
+		if want == 0 {
+			assert.Error(t, err, "round %d", round)
+		} else {
+			assert.NoError(t, err, "round %d", round)
+		}
+		require.Equal(t, want, got, "round %d: %v within %v size %d", round, reservations, within, size)
+	}
 }
