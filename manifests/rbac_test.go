@@ -16,6 +16,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -150,6 +151,18 @@ func exercise(t *testing.T) []call {
 		require.NoError(t, cached.Update(ctx, sts))
 	})
 	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
+	require.NoError(t, err)
+
+	// Two StatefulSets given overlapping blocks at the same moment: the later one gives its up.
+	asUser(func() {
+		for i, name := range []string{"early", "late"} {
+			require.NoError(t, cached.Create(ctx, &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{
+				Name: name, Namespace: "team-b", UID: types.UID(name), CreationTimestamp: metav1.NewTime(time.Unix(int64(1000+i), 0)),
+				Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: map[string]string{patches.AnnotationPortBase: "31000"},
+			}}))
+		}
+	})
+	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "team-b", Name: "late"}})
 	require.NoError(t, err)
 
 	// Webhook snapshot (cached) and the binding webhook's GET on a cache miss (direct).

@@ -83,7 +83,8 @@ func CacheOptions() cache.Options {
 }
 
 func slimMeta(m metav1.ObjectMeta, keepLabels, keepAnnotations func(string) bool) metav1.ObjectMeta {
-	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, DeletionTimestamp: m.DeletionTimestamp}
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		CreationTimestamp: m.CreationTimestamp, DeletionTimestamp: m.DeletionTimestamp}
 	for k, v := range m.Labels {
 		if keepLabels(k) {
 			out.Labels = setLabel(out.Labels, k, v)

@@ -22,7 +22,7 @@ func TestOptionFlags(t *testing.T) {
 			args: []string{"--port-range=31000-31999", "--address-types=InternalIP,ExternalIP"},
 			want: patches.Options{PortRange: patches.PortRange{First: 31000, Last: 31999}, AddressTypes: []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP}},
 		},
-		"a range upside down": {args: []string{"--port-range=30085-30000"}, wantErr: `--port-range: port range "30085-30000": want FIRST-LAST`},
+		"a range upside down":     {args: []string{"--port-range=30085-30000"}, wantErr: `--port-range: port range "30085-30000": want FIRST-LAST`},
 		"an unknown address type": {args: []string{"--address-types=PublicIP"}, wantErr: `--address-types: "PublicIP" is not a node address type`},
 	}
 	for name, tc := range tests {

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -112,6 +113,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, nil
 	}
 
+	if yielded, err := r.yieldOverlappingBlock(ctx, sts, cfg); err != nil || yielded {
+		return reconcile.Result{}, err
+	}
+
 	var pods corev1.PodList
 	if err := r.Client.List(ctx, &pods, client.InNamespace(sts.Namespace), client.MatchingLabels{patches.LabelCluster: sts.Name}); err != nil {
 		return reconcile.Result{}, fmt.Errorf("listing brokers: %w", err)
@@ -130,6 +135,47 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, err
 	}
 	return reconcile.Result{}, r.publish(ctx, sts, cfg, first, last, brokers)
+}
+
+// yieldOverlappingBlock settles the one way two StatefulSets can hold overlapping blocks: each
+// labeled at the same moment through a different brokerport replica, each replica assigning
+// from a cache that did not show the other yet. The StatefulSet created later (by name on a tie)
+// gives its block up: its port base is removed, and the StatefulSet webhook assigns it a free
+// block on that very update, before any of its Services exist.
+func (r *Reconciler) yieldOverlappingBlock(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config) (bool, error) {
+	var sets appsv1.StatefulSetList
+	if err := r.Client.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
+		return false, fmt.Errorf("listing opted-in StatefulSets: %w", err)
+	}
+	for i := range sets.Items {
+		other := &sets.Items[i]
+		if other.UID == sts.UID || !before(other, sts) {
+			continue
+		}
+		otherCfg, errs := patches.ParseConfig(other.Annotations, nil, r.Options)
+		if len(errs) > 0 || otherCfg.PortBase == 0 {
+			continue
+		}
+		if _, overlap := patches.NewPortSet(patches.Reservation{PortRange: otherCfg.Block()}).Conflict(cfg.Block()); !overlap {
+			continue
+		}
+		patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, patches.AnnotationPortBase)))
+		if err := r.Client.Patch(ctx, sts, patch); err != nil {
+			return false, fmt.Errorf("giving up block %s: %w", cfg.Block(), err)
+		}
+		r.Events.Eventf(sts, other, corev1.EventTypeWarning, "PortBlockConflict", "Reassign",
+			"ports %s overlapped StatefulSet %s/%s's %s (both assigned at the same moment); this StatefulSet gets a new block and its brokers roll onto it", cfg.Block(), other.Namespace, other.Name, otherCfg.Block())
+		return true, nil
+	}
+	return false, nil
+}
+
+// before orders StatefulSets by creation, then by namespace and name.
+func before(a, b *appsv1.StatefulSet) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 }
 
 // services makes one Service per wanted broker and removes the others once their pod is gone.

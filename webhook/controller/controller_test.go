@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -252,4 +253,25 @@ func TestReconcileLeavesSomeoneElsesServiceAlone(t *testing.T) {
 	require.NoError(t, f.client.Get(context.Background(), client.ObjectKeyFromObject(theirs), theirs))
 	assert.Equal(t, "web", theirs.Spec.Ports[0].Name, "untouched")
 	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning ServiceTaken Service redpanda-1-external exists and is not brokerport's")
+}
+
+// Two replicas, each with a cache that did not show the other's assignment yet, gave two
+// StatefulSets overlapping blocks: the one created later gives its block up.
+func TestReconcileGivesUpAnOverlappingBlock(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(f.sts), f.sts))
+	older := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "older", Namespace: "other", UID: "older-uid",
+		CreationTimestamp: metav1.NewTime(f.sts.CreationTimestamp.Add(-time.Minute)),
+		Labels:            map[string]string{patches.LabelExpose: patches.ExposeValue},
+		Annotations:       map[string]string{patches.AnnotationPortBase: "30004"}}}
+	require.NoError(t, f.client.Create(ctx, older))
+
+	f.reconcile()
+	assert.Equal(t, []string{"patch *v1.StatefulSet redpanda"}, f.writes, "no Service is made on the contested ports")
+	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(f.sts), f.sts))
+	assert.NotContains(t, f.sts.Annotations, patches.AnnotationPortBase, "given up, for the webhook to reassign")
+	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(older), older))
+	assert.Equal(t, "30004", older.Annotations[patches.AnnotationPortBase], "the older keeps its block")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning PortBlockConflict ports 30000-30015 overlapped StatefulSet other/older's 30004-30011")
 }
