@@ -140,8 +140,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 // yieldOverlappingBlock settles the one way two StatefulSets can hold overlapping blocks: each
 // labeled at the same moment through a different brokerport replica, each replica assigning
 // from a cache that did not show the other yet. The StatefulSet created later (by name on a tie)
-// gives its block up: its port base is removed, and the StatefulSet webhook assigns it a free
-// block on that very update, before any of its Services exist.
+// gives its block up: its port base is removed, the StatefulSet webhook assigns it a free block
+// on that very update, and its Services (updated by servesPorts) and brokers follow.
 func (r *Reconciler) yieldOverlappingBlock(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config) (bool, error) {
 	var sets appsv1.StatefulSetList
 	if err := r.Client.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
