@@ -126,15 +126,15 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 	if err := h.decoder.Decode(req, binding); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding Binding: %w", err))
 	}
+	if binding.Target.Kind != "" && binding.Target.Kind != "Node" {
+		return admission.Allowed("the Binding's target is not a Node")
+	}
 	pod, err := h.brokerPod(ctx, req.Namespace, req.Name)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err)
 	}
 	if pod == nil || !patches.IsExposed(pod.Labels) || pod.Labels[patches.LabelCluster] != cluster {
 		return notABroker
-	}
-	if binding.Target.Kind != "" && binding.Target.Kind != "Node" {
-		return admission.Allowed("the Binding's target is not a Node")
 	}
 	node, err := h.snapshot.Node(ctx, binding.Target.Name)
 	if err != nil {
