@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 k8s_version=v1.34.4
 kwok_version=v0.7.0
-cache="${BROKERPORT_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/brokerport-e2e}"
+cache="${BROKERPORT_E2E_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/brokerport-e2e}"
 key="$(cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum | cut -c1-16)-$(go env GOVERSION)"
 bin="$cache/$key/bin"
 tools=(etcd kube-apiserver kube-controller-manager kube-scheduler resolve-env kwok)
