@@ -76,13 +76,19 @@ func TestWebhookConfiguration(t *testing.T) {
 			if overlay == "default" {
 				assert.Equal(t, "brokerport-system/brokerport-webhook", mwc.Annotations["cert-manager.io/inject-ca-from"])
 			}
-			require.Len(t, mwc.Webhooks, 4)
+			require.Len(t, mwc.Webhooks, 5)
 			for _, w := range mwc.Webhooks {
 				assert.Equal(t, []string{"v1"}, w.AdmissionReviewVersions, w.Name)
 				require.NotNil(t, w.NamespaceSelector, w.Name)
 				assert.Equal(t, []string{"brokerport-system", "kube-system"}, w.NamespaceSelector.MatchExpressions[0].Values, w.Name)
 				require.NotNil(t, w.ReinvocationPolicy, w.Name)
 				require.NotNil(t, w.TimeoutSeconds, w.Name)
+				if w.Name == "scale.brokerport.io" {
+					assert.Equal(t, admissionregistrationv1.Ignore, *w.FailurePolicy, "the pod entry still guards max-brokers")
+					assert.Nil(t, w.ObjectSelector, "a Scale has no labels to select on")
+					assert.Equal(t, []string{"statefulsets/scale"}, w.Rules[0].Resources)
+					continue
+				}
 				if w.Name == "bindings.brokerport.io" {
 					assert.Equal(t, admissionregistrationv1.Ignore, *w.FailurePolicy)
 					assert.Equal(t, int32(2), *w.TimeoutSeconds)

@@ -39,10 +39,8 @@ func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) fie
 	if err := assignPortBlock(sts, &cfg, inUse, opts, annotationsPath.Key(AnnotationPortBase)); err != nil {
 		return field.ErrorList{err}
 	}
-	if last := lastOrdinal(sts); last >= cfg.MaxBrokers {
-		return field.ErrorList{field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
-			"broker ordinal %d would be past the %d brokers the port block %s holds; raise %s and remove %s so that a larger block is assigned (the brokers roll onto new ports)",
-			last, cfg.MaxBrokers, cfg.Block(), AnnotationMaxBrokers, AnnotationPortBase))}
+	if err := CheckReplicas(sts, cfg); err != nil {
+		return field.ErrorList{err}
 	}
 
 	template.Labels = setKey(template.Labels, LabelExpose, ExposeValue)
@@ -75,6 +73,16 @@ func assignPortBlock(sts *appsv1.StatefulSet, cfg *Config, inUse PortSet, opts O
 	}
 	if res, taken := inUse.Conflict(block); taken {
 		return field.Invalid(path, value, fmt.Sprintf("the block %s overlaps ports %s held by %s; remove the annotation to have a free block assigned", block, res.PortRange, res.Owner))
+	}
+	return nil
+}
+
+// CheckReplicas refuses more brokers than the StatefulSet's block holds.
+func CheckReplicas(sts *appsv1.StatefulSet, cfg Config) *field.Error {
+	if last := lastOrdinal(sts); last >= cfg.MaxBrokers {
+		return field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
+			"broker ordinal %d would be past the %d brokers the port block %s holds; raise %s and remove %s so that a larger block is assigned (the brokers roll onto new ports)",
+			last, cfg.MaxBrokers, cfg.Block(), AnnotationMaxBrokers, AnnotationPortBase))
 	}
 	return nil
 }

@@ -31,12 +31,13 @@ var update = flag.Bool("update", false, "rewrite the golden files from the curre
 
 // goldenCase is one testdata/<case>.in.yaml: an admission request and the cluster around it.
 type goldenCase struct {
-	Resource  string            `json:"resource"` // statefulsets, pods or services
-	Operation string            `json:"operation"`
-	Namespace string            `json:"namespace"`
-	Object    json.RawMessage   `json:"object"`
-	OldObject json.RawMessage   `json:"oldObject,omitempty"`
-	Cluster   []json.RawMessage `json:"cluster,omitempty"` // Nodes, StatefulSets, Services and Pods the caches hold
+	Resource    string            `json:"resource"` // statefulsets, pods, services, bindings or scale
+	SubResource string            `json:"subResource,omitempty"`
+	Operation   string            `json:"operation"`
+	Namespace   string            `json:"namespace"`
+	Object      json.RawMessage   `json:"object"`
+	OldObject   json.RawMessage   `json:"oldObject,omitempty"`
+	Cluster     []json.RawMessage `json:"cluster,omitempty"` // Nodes, StatefulSets, Services and Pods the caches hold
 	// APIOnly are objects the API server has but the caches have not seen yet (a pod created
 	// milliseconds before its binding).
 	APIOnly   []json.RawMessage `json:"apiOnly,omitempty"`
@@ -146,6 +147,8 @@ func (c goldenCase) handler(t *testing.T) (admission.Handler, *events.FakeRecord
 		return NewPodHandler(scheme, snapshot, opts), recorder
 	case "services":
 		return NewServiceHandler(scheme, snapshot, opts), recorder
+	case "scale":
+		return NewScaleHandler(scheme, snapshot, opts), recorder
 	case "bindings":
 		clusters := NewClusters()
 		for _, obj := range cached {
@@ -187,12 +190,13 @@ func (c goldenCase) request(object []byte) admission.Request {
 	var meta metav1.PartialObjectMetadata
 	_ = json.Unmarshal(object, &meta)
 	req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
-		UID:       types.UID("golden"),
-		Kind:      metav1.GroupVersionKind(meta.GroupVersionKind()),
-		Operation: admissionv1.Operation(c.Operation),
-		Namespace: c.Namespace,
-		Name:      meta.Name,
-		Object:    runtime.RawExtension{Raw: object},
+		UID:         types.UID("golden"),
+		Kind:        metav1.GroupVersionKind(meta.GroupVersionKind()),
+		Operation:   admissionv1.Operation(c.Operation),
+		SubResource: c.SubResource,
+		Namespace:   c.Namespace,
+		Name:        meta.Name,
+		Object:      runtime.RawExtension{Raw: object},
 	}}
 	if c.OldObject != nil {
 		req.OldObject = runtime.RawExtension{Raw: c.OldObject}

@@ -9,6 +9,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +23,7 @@ var (
 	statefulSetKind = appsv1.SchemeGroupVersion.WithKind("StatefulSet").GroupKind()
 	podKind         = corev1.SchemeGroupVersion.WithKind("Pod").GroupKind()
 	serviceKind     = corev1.SchemeGroupVersion.WithKind("Service").GroupKind()
+	scaleKind       = autoscalingv1.SchemeGroupVersion.WithKind("Scale").GroupKind()
 )
 
 // StatefulSetHandler validates a StatefulSet's opt-in, assigns its port block and copies the
@@ -199,4 +201,43 @@ func (r *recentBlocks) others(key types.NamespacedName) []patches.Reservation {
 		}
 	}
 	return out
+}
+
+// ScaleHandler refuses scaling an opted-in StatefulSet past its block through the scale
+// subresource (kubectl scale), which the StatefulSet rule does not cover.
+type ScaleHandler struct {
+	decoder  admission.Decoder
+	snapshot Snapshot
+	opts     patches.Options
+}
+
+func NewScaleHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *ScaleHandler {
+	return &ScaleHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+}
+
+func (h *ScaleHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	if req.Operation != admissionv1.Update || req.SubResource != "scale" {
+		return admission.Allowed("brokerport checks scale updates only")
+	}
+	scale := &autoscalingv1.Scale{}
+	if err := h.decoder.Decode(req, scale); err != nil {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding Scale: %w", err))
+	}
+	sts, err := h.snapshot.ExposedStatefulSet(ctx, req.Namespace, req.Name)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err)
+	}
+	if sts == nil {
+		return admission.Allowed("not opted in")
+	}
+	cfg, errs := patches.ParseConfig(sts.Annotations, nil, h.opts)
+	if len(errs) > 0 || cfg.PortBase == 0 {
+		return admission.Allowed("no port block to check against")
+	}
+	scaled := sts.DeepCopy()
+	scaled.Spec.Replicas = &scale.Spec.Replicas
+	if err := patches.CheckReplicas(scaled, cfg); err != nil {
+		return denied(scaleKind, req.Name, field.ErrorList{err})
+	}
+	return admission.Allowed("within the port block")
 }

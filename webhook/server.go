@@ -22,6 +22,7 @@ const (
 	PathStatefulSets = "/mutate-statefulsets"
 	PathPods         = "/mutate-pods"
 	PathServices     = "/mutate-services"
+	PathScale        = "/validate-scale"
 )
 
 // CountedWebhook serves a handler, counting its answers by resource and result.
@@ -34,6 +35,7 @@ func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapsh
 	server.Register(PathStatefulSets, CountedWebhook("statefulsets", NewStatefulSetHandler(scheme, snapshot, opts)))
 	server.Register(PathPods, CountedWebhook("pods", NewPodHandler(scheme, snapshot, opts)))
 	server.Register(PathServices, CountedWebhook("services", NewServiceHandler(scheme, snapshot, opts)))
+	server.Register(PathScale, CountedWebhook("statefulsets/scale", NewScaleHandler(scheme, snapshot, opts)))
 }
 
 // TLSOptions are the webhook listener's: TLS 1.2 at least, and HTTP/1.1 only, as

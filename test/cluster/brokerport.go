@@ -129,7 +129,7 @@ func nodeReady(n *corev1.Node) bool {
 // on loopback at port (no Service routes to a host process here).
 func InstallBrokerport(ctx context.Context, c client.Client, port int) error {
 	patch := "- target: {kind: MutatingWebhookConfiguration, name: brokerport}\n  patch: |-\n"
-	for i, path := range []string{webhook.PathStatefulSets, webhook.PathPods, webhook.PathServices, webhook.PathBindings} {
+	for i, path := range []string{webhook.PathStatefulSets, webhook.PathPods, webhook.PathServices, webhook.PathBindings, webhook.PathScale} {
 		patch += fmt.Sprintf("    - {op: replace, path: /webhooks/%d/clientConfig, value: {url: \"https://127.0.0.1:%d%s\"}}\n", i, port, path)
 	}
 	out, err := manifests.Build("standalone", patch)

@@ -139,6 +139,14 @@ func scale(t *testing.T, ctx context.Context) {
 	setReplicas(t, ctx, 2)
 	waitRolledOut(t, ctx, 2, true)
 	require.NoError(t, waitFor(ctx, 60*time.Second, "surplus Services removed", func() error { return checkPublished(ctx, 2) }))
+
+	// kubectl scale past the 8 brokers of the block, through the scale subresource: refused.
+	scaleObj, err := env.clientset.AppsV1().StatefulSets(ns).GetScale(ctx, stsName, metav1.GetOptions{})
+	require.NoError(t, err)
+	scaleObj.Spec.Replicas = 9
+	_, err = env.clientset.AppsV1().StatefulSets(ns).UpdateScale(ctx, stsName, scaleObj, metav1.UpdateOptions{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "spec.replicas: Forbidden: broker ordinal 8 would be past the 8 brokers")
 }
 
 func nodeAddressChange(t *testing.T, ctx context.Context) {
