@@ -26,12 +26,22 @@ var (
 	scaleKind       = autoscalingv1.SchemeGroupVersion.WithKind("Scale").GroupKind()
 )
 
-// StatefulSetHandler validates a StatefulSet's opt-in, assigns its port block and copies the
-// opt-in into its pod template; on opt-out it takes all of that out of the template again.
-type StatefulSetHandler struct {
+// handler is what every object handler holds: a decoder built once, the cluster snapshot and
+// brokerport's options.
+type handler struct {
 	decoder  admission.Decoder
 	snapshot Snapshot
 	opts     patches.Options
+}
+
+func newHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) handler {
+	return handler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+}
+
+// StatefulSetHandler validates a StatefulSet's opt-in, assigns its port block and copies the
+// opt-in into its pod template; on opt-out it takes all of that out of the template again.
+type StatefulSetHandler struct {
+	handler
 	// assigning serialises block assignment, and recent holds the blocks this process assigned
 	// until the cache has caught up, so that StatefulSets labeled at the same moment never get
 	// the same block.
@@ -40,7 +50,7 @@ type StatefulSetHandler struct {
 }
 
 func NewStatefulSetHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *StatefulSetHandler {
-	return &StatefulSetHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts, recent: recentBlocks{ttl: 2 * time.Minute, now: time.Now}}
+	return &StatefulSetHandler{handler: newHandler(scheme, snapshot, opts), recent: recentBlocks{ttl: 2 * time.Minute, now: time.Now}}
 }
 
 func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -84,14 +94,10 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 
 // PodHandler exposes a broker pod on create: hostPorts, one broker per node, brokerport's
 // environment, and the address annotations when the pod is created already bound to a node.
-type PodHandler struct {
-	decoder  admission.Decoder
-	snapshot Snapshot
-	opts     patches.Options
-}
+type PodHandler struct{ handler }
 
 func NewPodHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *PodHandler {
-	return &PodHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+	return &PodHandler{newHandler(scheme, snapshot, opts)}
 }
 
 func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -124,14 +130,10 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 }
 
 // ServiceHandler makes an opted-in Service a NodePort Service on its broker's external ports.
-type ServiceHandler struct {
-	decoder  admission.Decoder
-	snapshot Snapshot
-	opts     patches.Options
-}
+type ServiceHandler struct{ handler }
 
 func NewServiceHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *ServiceHandler {
-	return &ServiceHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+	return &ServiceHandler{newHandler(scheme, snapshot, opts)}
 }
 
 func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -205,14 +207,10 @@ func (r *recentBlocks) others(key types.NamespacedName) []patches.Reservation {
 
 // ScaleHandler refuses scaling an opted-in StatefulSet past its block through the scale
 // subresource (kubectl scale), which the StatefulSet rule does not cover.
-type ScaleHandler struct {
-	decoder  admission.Decoder
-	snapshot Snapshot
-	opts     patches.Options
-}
+type ScaleHandler struct{ handler }
 
 func NewScaleHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *ScaleHandler {
-	return &ScaleHandler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+	return &ScaleHandler{newHandler(scheme, snapshot, opts)}
 }
 
 func (h *ScaleHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
