@@ -147,7 +147,7 @@ func TestTLSFloor(t *testing.T) {
 		cfg.RootCAs, cfg.ServerName = pool, "127.0.0.1"
 		var conn *tls.Conn
 		var err error
-		for range 50 {
+		for range 500 { // up to 10 s for the server to listen
 			if conn, err = tls.Dial("tcp", addr, cfg); err == nil || !strings.Contains(err.Error(), "connection refused") {
 				return conn, err
 			}
