@@ -3,6 +3,7 @@ package patches
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +15,15 @@ import (
 // BrokerServiceName is the name of broker ordinal's NodePort Service.
 func BrokerServiceName(cluster string, ordinal int) string {
 	return fmt.Sprintf("%s-%d-external", cluster, ordinal)
+}
+
+// BrokerServiceOrdinal reads the ordinal back from a name BrokerServiceName made.
+func BrokerServiceOrdinal(name, cluster string) (int, bool) {
+	podName, ok := strings.CutSuffix(name, "-external")
+	if !ok {
+		return 0, false
+	}
+	return OrdinalOf(podName, cluster)
 }
 
 // BrokerService is the Service that reserves broker ordinal's external ports cluster-wide and

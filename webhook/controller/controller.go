@@ -204,8 +204,8 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		}
 	}
 	for name, svc := range have {
-		cluster, ordinal, _, _ := patches.ServiceBroker(svc)
-		if _, running := brokers[ordinal]; running && cluster == sts.Name {
+		// By name: the cache keeps a Service's name and ports, not its selector.
+		if ordinal, ok := patches.BrokerServiceOrdinal(svc.Name, sts.Name); ok && brokers[ordinal] != nil {
 			continue // its broker is still going away
 		}
 		if err := r.Client.Delete(ctx, svc); client.IgnoreNotFound(err) != nil {

@@ -55,6 +55,14 @@ func newFixture(t *testing.T) *fixture {
 		}
 	}
 	f.client = fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects...).WithInterceptorFuncs(interceptor.Funcs{
+		// The controller's lists come from brokerport's cache, which keeps only what its
+		// transforms keep: list through the same transforms.
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if err := c.List(ctx, list, opts...); err != nil {
+				return err
+			}
+			return slimmed(list)
+		},
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			mutateServices(obj)
 			f.writes = append(f.writes, fmt.Sprintf("create %T %s", obj, obj.GetName()))
@@ -76,6 +84,38 @@ func newFixture(t *testing.T) *fixture {
 	}).Build()
 	f.r = &Reconciler{Client: f.client, API: f.client, Events: f.events, Options: patches.DefaultOptions()}
 	return f
+}
+
+// slimmed applies brokerport's cache transforms to a listed page, as the informers would.
+func slimmed(list client.ObjectList) error {
+	for obj, by := range webhook.CacheOptions().ByObject {
+		if by.Transform == nil {
+			continue
+		}
+		switch l := list.(type) {
+		case *corev1.ServiceList:
+			if _, ok := obj.(*corev1.Service); ok {
+				for i := range l.Items {
+					out, err := by.Transform(&l.Items[i])
+					if err != nil {
+						return err
+					}
+					l.Items[i] = *out.(*corev1.Service)
+				}
+			}
+		case *corev1.PodList:
+			if _, ok := obj.(*corev1.Pod); ok {
+				for i := range l.Items {
+					out, err := by.Transform(&l.Items[i])
+					if err != nil {
+						return err
+					}
+					l.Items[i] = *out.(*corev1.Pod)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func node(i int, ip string) *corev1.Node {
