@@ -87,25 +87,9 @@ func CacheOptions() cache.Options {
 func slimMeta(m metav1.ObjectMeta, keepLabels, keepAnnotations func(string) bool) metav1.ObjectMeta {
 	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
 		CreationTimestamp: m.CreationTimestamp, DeletionTimestamp: m.DeletionTimestamp}
-	for k, v := range m.Labels {
-		if keepLabels(k) {
-			out.Labels = setLabel(out.Labels, k, v)
-		}
-	}
-	for k, v := range m.Annotations {
-		if keepAnnotations(k) {
-			out.Annotations = setLabel(out.Annotations, k, v)
-		}
-	}
+	out.Labels = keepKeys(m.Labels, keepLabels)
+	out.Annotations = keepKeys(m.Annotations, keepAnnotations)
 	return out
-}
-
-func setLabel(m map[string]string, k, v string) map[string]string {
-	if m == nil {
-		m = map[string]string{}
-	}
-	m[k] = v
-	return m
 }
 
 func none(string) bool { return false }
@@ -156,4 +140,18 @@ func keepBrokerPod(obj any) (any, error) {
 		Spec:       corev1.PodSpec{NodeName: pod.Spec.NodeName},
 		Status:     corev1.PodStatus{Phase: pod.Status.Phase},
 	}, nil
+}
+
+// keepKeys is the part of m whose keys keep accepts, nil when there is none.
+func keepKeys(m map[string]string, keep func(string) bool) map[string]string {
+	var out map[string]string
+	for k, v := range m {
+		if keep(k) {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }

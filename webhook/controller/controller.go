@@ -268,7 +268,7 @@ func (r *Reconciler) updateService(ctx context.Context, want *corev1.Service) er
 // repair writes the address annotations of bound brokers that lack them or whose node's address
 // changed since they were bound.
 func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, brokers map[int]*corev1.Pod) error {
-	for _, pod := range sortedPods(brokers) {
+	for _, pod := range slices.SortedFunc(maps.Values(brokers), func(a, b *corev1.Pod) int { return strings.Compare(a.Name, b.Name) }) {
 		if pod.Spec.NodeName == "" || pod.DeletionTimestamp != nil {
 			continue
 		}
@@ -408,15 +408,6 @@ func ordinals(sts *appsv1.StatefulSet) (first, last int) {
 		first = int(sts.Spec.Ordinals.Start)
 	}
 	return first, first + replicas - 1
-}
-
-func sortedPods(brokers map[int]*corev1.Pod) []*corev1.Pod {
-	out := make([]*corev1.Pod, 0, len(brokers))
-	for _, p := range brokers {
-		out = append(out, p)
-	}
-	slices.SortFunc(out, func(a, b *corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
-	return out
 }
 
 // Describe prints a published ConfigMap for people: bootstrap.servers, then each listener's
