@@ -19,18 +19,28 @@ const (
 	GateHostFile = gateMountPath + "/host"
 )
 
+// The gate's default requests and limits: it reads one file every few seconds.
+const (
+	DefaultGateCPU    = "10m"
+	DefaultGateMemory = "32Mi"
+)
+
+// GateResources are requests equal to limits (a quota on either is satisfied, and the init
+// container adds nothing to the pod's effective requests beyond them).
+func GateResources(cpu, memory string) corev1.ResourceRequirements {
+	list := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(memory)}
+	return corev1.ResourceRequirements{Requests: list, Limits: list.DeepCopy()}
+}
+
 // addGate puts the gate first among the init containers (so that the others, which may read
 // BROKERPORT_HOST, start after it) with the downward-API volume it reads.
-func addGate(pod *corev1.Pod, image string) {
+func addGate(pod *corev1.Pod, image string, resources corev1.ResourceRequirements) {
 	gate := corev1.Container{
 		Name:         GateContainer,
 		Image:        image,
 		Args:         []string{"wait-address", "--file", GateHostFile},
 		VolumeMounts: []corev1.VolumeMount{{Name: gateVolume, MountPath: gateMountPath, ReadOnly: true}},
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("5m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
-		},
+		Resources:    *resources.DeepCopy(),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptr.To(true),
 			RunAsUser:                ptr.To[int64](65532),

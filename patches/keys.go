@@ -10,6 +10,11 @@ const (
 	// LabelCluster names the StatefulSet a broker pod or Service belongs to; the anti-affinity
 	// term selects on it so that two brokers of one StatefulSet never share a node.
 	LabelCluster = "brokerport.io/cluster"
+	// LabelManagedBy marks the Services and ConfigMaps the controller creates, so that the API
+	// server (a ValidatingAdmissionPolicy bound to brokerport's identity) can keep its writes to
+	// them.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedByValue = "brokerport"
 )
 
 // Configuration annotations, set on the StatefulSet and copied into its pod template so that the

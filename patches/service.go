@@ -1,6 +1,8 @@
 package patches
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,33 +11,43 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
-// BrokerServiceName is the name of broker ordinal's NodePort Service.
+// BrokerServiceName is the name of broker ordinal's NodePort Service: "<sts>-<i>-external", or,
+// when that is longer than a Service name may be (63), the StatefulSet's name cut short and a
+// hash of the full name in its place, so that two long names never meet.
 func BrokerServiceName(cluster string, ordinal int) string {
-	return fmt.Sprintf("%s-%d-external", cluster, ordinal)
+	name := fmt.Sprintf("%s-%d-external", cluster, ordinal)
+	if len(name) <= validation.DNS1035LabelMaxLength {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	suffix := fmt.Sprintf("-%s-%d-external", hex.EncodeToString(sum[:4]), ordinal)
+	return cluster[:validation.DNS1035LabelMaxLength-len(suffix)] + suffix
 }
 
 // BrokerServiceOrdinal reads the ordinal back from a name BrokerServiceName made.
 func BrokerServiceOrdinal(name, cluster string) (int, bool) {
-	podName, ok := strings.CutSuffix(name, "-external")
+	rest, ok := strings.CutSuffix(name, "-external")
 	if !ok {
 		return 0, false
 	}
-	return OrdinalOf(podName, cluster)
+	digits := rest[strings.LastIndexByte(rest, '-')+1:]
+	ordinal, ok := OrdinalOf("x-"+digits, "x")
+	return ordinal, ok && BrokerServiceName(cluster, ordinal) == name
 }
 
 // BrokerService is the Service that reserves broker ordinal's external ports cluster-wide and
-// routes node:port to it. Its nodePorts are left to the Service webhook (MutateService), so that a
-// Service made any other way gets the same ports.
+// routes node:port to it, as MutateService would make it.
 func BrokerService(sts *appsv1.StatefulSet, cfg Config, ordinal int) *corev1.Service {
 	svc := &corev1.Service{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      BrokerServiceName(sts.Name, ordinal),
 			Namespace: sts.Namespace,
-			Labels:    map[string]string{LabelExpose: ExposeValue, LabelCluster: sts.Name},
+			Labels:    map[string]string{LabelExpose: ExposeValue, LabelCluster: sts.Name, LabelManagedBy: ManagedByValue},
 			OwnerReferences: []metav1.OwnerReference{
 				*metav1.NewControllerRef(sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet")),
 			},
@@ -45,6 +57,8 @@ func BrokerService(sts *appsv1.StatefulSet, cfg Config, ordinal int) *corev1.Ser
 			// The broker advertises itself before it is ready (Kafka clients need the address to
 			// form the cluster), so its Service must route to it before it is ready too.
 			PublishNotReadyAddresses: true,
+			Type:                     corev1.ServiceTypeNodePort,
+			ExternalTrafficPolicy:    corev1.ServiceExternalTrafficPolicyLocal,
 		},
 	}
 	for l, listener := range cfg.Listeners {
@@ -53,6 +67,7 @@ func BrokerService(sts *appsv1.StatefulSet, cfg Config, ordinal int) *corev1.Ser
 			Protocol:   corev1.ProtocolTCP,
 			Port:       cfg.Port(ordinal, l),
 			TargetPort: intstr.FromInt32(listener.ContainerPort),
+			NodePort:   cfg.Port(ordinal, l),
 		})
 	}
 	return svc

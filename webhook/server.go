@@ -111,8 +111,14 @@ func keepServicePorts(obj any) (any, error) {
 		return obj, nil
 	}
 	out := &corev1.Service{ObjectMeta: slimMeta(svc.ObjectMeta, patches.IsBrokerportKey, none)}
+	// A broker Service keeps all its ports, so that the controller sees a changed targetPort;
+	// any other Service only the nodePorts it holds.
+	ours := patches.IsExposed(svc.Labels)
 	for _, p := range svc.Spec.Ports {
-		if p.NodePort != 0 {
+		switch {
+		case ours:
+			out.Spec.Ports = append(out.Spec.Ports, corev1.ServicePort{Name: p.Name, Port: p.Port, TargetPort: p.TargetPort, NodePort: p.NodePort})
+		case p.NodePort != 0:
 			out.Spec.Ports = append(out.Spec.Ports, corev1.ServicePort{Name: p.Name, NodePort: p.NodePort})
 		}
 	}
@@ -135,11 +141,26 @@ func keepBrokerPod(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	return &corev1.Pod{
+	out := &corev1.Pod{
 		ObjectMeta: slimMeta(pod.ObjectMeta, patches.IsBrokerportKey, patches.IsBrokerportKey),
 		Spec:       corev1.PodSpec{NodeName: pod.Spec.NodeName},
 		Status:     corev1.PodStatus{Phase: pod.Status.Phase},
-	}, nil
+	}
+	out.OwnerReferences = pod.OwnerReferences
+	// The hostPorts the broker was admitted with: what it really listens on, whatever its
+	// StatefulSet says now.
+	for _, c := range pod.Spec.Containers {
+		var ports []corev1.ContainerPort
+		for _, p := range c.Ports {
+			if p.HostPort != 0 {
+				ports = append(ports, corev1.ContainerPort{ContainerPort: p.ContainerPort, HostPort: p.HostPort, Protocol: p.Protocol})
+			}
+		}
+		if ports != nil {
+			out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Ports: ports})
+		}
+	}
+	return out, nil
 }
 
 // keepKeys is the part of m whose keys keep accepts, nil when there is none.

@@ -5,10 +5,10 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"maps"
 	"slices"
-	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
@@ -100,7 +100,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	err := r.Client.Get(ctx, req.NamespacedName, sts)
 	if apierrors.IsNotFound(err) || (err == nil && !patches.IsExposed(sts.Labels)) {
 		// Not opted in (the cache holds only opted-in StatefulSets): take everything back.
-		return reconcile.Result{}, r.remove(ctx, req.Namespace, req.Name)
+		return reconcile.Result{}, r.remove(ctx, req.Namespace, req.Name, r.optedOut(ctx, req))
 	}
 	if err != nil {
 		return reconcile.Result{}, err
@@ -128,13 +128,59 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 	}
 	first, last := ordinals(sts)
-	if err := r.services(ctx, sts, cfg, first, last, brokers); err != nil {
+	// Each broker's Service is reconciled on its own: one that cannot get its ports is said, and
+	// the others, the repairs and the ConfigMap go on.
+	problems, err := r.services(ctx, sts, cfg, first, last, brokers)
+	if err != nil {
 		return reconcile.Result{}, err
 	}
-	if err := r.repair(ctx, sts, brokers); err != nil {
+	nodes, err := r.nodes(ctx, brokers)
+	if err != nil {
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{}, r.publish(ctx, sts, cfg, first, last, brokers)
+	states := make([]patches.BrokerState, 0, last-first+1)
+	for ordinal := first; ordinal <= last; ordinal++ {
+		facts := patches.BrokerFacts{Pod: brokers[ordinal], ServiceProblem: problems[ordinal]}
+		if facts.Pod != nil {
+			facts.Node = nodes[facts.Pod.Spec.NodeName]
+		}
+		states = append(states, patches.ObserveBroker(cfg, sts.Name, ordinal, facts))
+	}
+	repairErr := r.repair(ctx, sts, cfg, brokers, nodes)
+	if err := r.publish(ctx, sts, cfg, states); err != nil {
+		return reconcile.Result{}, errors.Join(repairErr, err)
+	}
+	if repairErr != nil {
+		return reconcile.Result{}, repairErr
+	}
+	if len(problems) > 0 {
+		// A port held by someone else frees without an event brokerport watches: look again.
+		return reconcile.Result{RequeueAfter: blockedRetry}, nil
+	}
+	return reconcile.Result{}, nil
+}
+
+// blockedRetry is how often a broker whose ports another Service holds is looked at again.
+const blockedRetry = 30 * time.Second
+
+// nodes are the nodes the brokers are bound to, from the cache; a node that is gone is absent.
+func (r *Reconciler) nodes(ctx context.Context, brokers map[int]*corev1.Pod) (map[string]*corev1.Node, error) {
+	nodes := map[string]*corev1.Node{}
+	for _, pod := range brokers {
+		name := pod.Spec.NodeName
+		if _, seen := nodes[name]; seen || name == "" {
+			continue
+		}
+		node := &corev1.Node{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue // the node is going away, and the pod with it
+			}
+			return nil, fmt.Errorf("getting node %s: %w", name, err)
+		}
+		nodes[name] = node
+	}
+	return nodes, nil
 }
 
 // yieldOverlappingBlock settles the one way two StatefulSets can hold overlapping blocks: each
@@ -178,204 +224,10 @@ func before(a, b *appsv1.StatefulSet) bool {
 	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 }
 
-// services makes one Service per wanted broker and removes the others once their pod is gone.
-func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, first, last int, brokers map[int]*corev1.Pod) error {
-	var existing corev1.ServiceList
-	if err := r.Client.List(ctx, &existing, client.InNamespace(sts.Namespace), client.MatchingLabels{patches.LabelCluster: sts.Name, patches.LabelExpose: patches.ExposeValue}); err != nil {
-		return fmt.Errorf("listing broker Services: %w", err)
-	}
-	have := map[string]*corev1.Service{}
-	for i := range existing.Items {
-		have[existing.Items[i].Name] = &existing.Items[i]
-	}
-	for ordinal := first; ordinal <= last; ordinal++ {
-		want := patches.BrokerService(sts, cfg, ordinal)
-		svc, ok := have[want.Name]
-		delete(have, want.Name)
-		switch {
-		case !ok:
-			if err := r.createService(ctx, sts, want); err != nil {
-				return err
-			}
-		case !servesPorts(svc, cfg, ordinal):
-			if err := r.updateService(ctx, want); err != nil {
-				return err
-			}
-		}
-	}
-	for name, svc := range have {
-		// By name: the cache keeps a Service's name and ports, not its selector.
-		if ordinal, ok := patches.BrokerServiceOrdinal(svc.Name, sts.Name); ok && brokers[ordinal] != nil {
-			continue // its broker is still going away
-		}
-		if err := r.Client.Delete(ctx, svc); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("deleting Service %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// createService creates a broker's Service. One of that name that the cache does not show is
-// either brokerport's own, created moments ago, or someone else's, which is left alone and said.
-func (r *Reconciler) createService(ctx context.Context, sts *appsv1.StatefulSet, want *corev1.Service) error {
-	err := r.Client.Create(ctx, want)
-	if !apierrors.IsAlreadyExists(err) {
-		if err != nil {
-			return fmt.Errorf("creating Service %s: %w", want.Name, err)
-		}
-		return nil
-	}
-	existing := &corev1.Service{}
-	if err := r.API.Get(ctx, client.ObjectKeyFromObject(want), existing); err != nil {
-		return fmt.Errorf("getting Service %s: %w", want.Name, err)
-	}
-	if existing.Labels[patches.LabelCluster] == sts.Name {
-		return nil
-	}
-	r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "ServiceTaken", "Expose", "Service %s exists and is not brokerport's (no %s=%s label): rename or delete it so that brokerport can expose this broker", want.Name, patches.LabelCluster, sts.Name)
-	return reconcile.TerminalError(fmt.Errorf("Service %s/%s exists and is not brokerport's", want.Namespace, want.Name))
-}
-
-// servesPorts tells whether a Service already has the broker's ports as nodePorts, in order.
-func servesPorts(svc *corev1.Service, cfg patches.Config, ordinal int) bool {
-	if len(svc.Spec.Ports) != len(cfg.Listeners) {
-		return false
-	}
-	for l, p := range svc.Spec.Ports {
-		if p.Name != cfg.Listeners[l].Name || p.NodePort != cfg.Port(ordinal, l) {
-			return false
-		}
-	}
-	return true
-}
-
-// updateService replaces a Service's ports (their nodePorts cleared, for the Service webhook to
-// fill in) when the listeners or the block changed.
-func (r *Reconciler) updateService(ctx context.Context, want *corev1.Service) error {
-	svc := &corev1.Service{}
-	if err := r.API.Get(ctx, client.ObjectKeyFromObject(want), svc); err != nil {
-		return fmt.Errorf("getting Service %s: %w", want.Name, err)
-	}
-	svc.Spec.Ports = want.Spec.Ports
-	svc.Spec.Selector = want.Spec.Selector
-	svc.Labels = want.Labels
-	if err := r.Client.Update(ctx, svc); err != nil {
-		return fmt.Errorf("updating Service %s: %w", want.Name, err)
-	}
-	return nil
-}
-
-// repair writes the address annotations of bound brokers that lack them or whose node's address
-// changed since they were bound.
-func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, brokers map[int]*corev1.Pod) error {
-	for _, pod := range slices.SortedFunc(maps.Values(brokers), func(a, b *corev1.Pod) int { return strings.Compare(a.Name, b.Name) }) {
-		if pod.Spec.NodeName == "" || pod.DeletionTimestamp != nil {
-			continue
-		}
-		node := &corev1.Node{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node); err != nil {
-			if apierrors.IsNotFound(err) {
-				continue // the node is going away, and the pod with it
-			}
-			return fmt.Errorf("getting node %s: %w", pod.Spec.NodeName, err)
-		}
-		cfg, errs := patches.ParseConfig(pod.Annotations, nil, r.Options)
-		if len(errs) > 0 {
-			continue // the pod webhook refuses such pods; nothing brokerport can repair
-		}
-		addr, err := patches.SelectAddress(node, cfg)
-		if err != nil {
-			r.Events.Eventf(sts, pod, corev1.EventTypeWarning, "NoNodeAddress", "Repair", "broker %s: %v", pod.Name, err)
-			continue
-		}
-		before := pod.Annotations[patches.AnnotationHost]
-		if before == addr.Host && pod.Annotations[patches.AnnotationZone] == addr.Zone && pod.Annotations[patches.AnnotationNode] == addr.Node {
-			continue
-		}
-		patch := client.MergeFrom(pod.DeepCopy())
-		patches.SetAddress(&pod.ObjectMeta, addr)
-		if err := r.Client.Patch(ctx, pod, patch); err != nil {
-			return fmt.Errorf("repairing the address of pod %s: %w", pod.Name, err)
-		}
-		if before == "" {
-			repairs.WithLabelValues("missing").Inc()
-			r.Events.Eventf(pod, sts, corev1.EventTypeNormal, "AddressRepaired", "Repair", "set %s=%s (node %s): the broker can start", patches.AnnotationHost, addr.Host, addr.Node)
-			continue
-		}
-		repairs.WithLabelValues("stale").Inc()
-		r.Events.Eventf(pod, sts, corev1.EventTypeWarning, "RestartRequired", "Repair",
-			"node %s's address changed from %s to %s; the broker still advertises %s: restart it (kubectl delete pod %s) to re-advertise", addr.Node, before, addr.Host, before, pod.Name)
-	}
-	return nil
-}
-
-// publish writes ConfigMap <sts>-external: per listener each broker's address and a
-// bootstrap.servers line, and bootstrap.servers for the Kafka API (first) listener.
-func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, first, last int, brokers map[int]*corev1.Pod) error {
-	data := Addresses(cfg, first, last, brokers)
-	want := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: ConfigMapName(sts.Name), Namespace: sts.Namespace,
-			Labels:          map[string]string{patches.LabelCluster: sts.Name},
-			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))},
-		},
-		Data: data,
-	}
-	current := &corev1.ConfigMap{}
-	err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), current)
-	if apierrors.IsNotFound(err) {
-		err := r.Client.Create(ctx, want)
-		if apierrors.IsAlreadyExists(err) {
-			// The cache holds only brokerport's ConfigMaps: this one is someone else's.
-			r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "ConfigMapTaken", "Publish", "ConfigMap %s exists and is not brokerport's (no %s label): rename or delete it so that brokerport can publish the addresses", want.Name, patches.LabelCluster)
-			return reconcile.TerminalError(fmt.Errorf("ConfigMap %s/%s exists and is not brokerport's", want.Namespace, want.Name))
-		}
-		if err != nil {
-			return fmt.Errorf("creating ConfigMap %s: %w", want.Name, err)
-		}
-		r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "Exposed", "Publish", "brokers exposed on ports %s; addresses in ConfigMap %s", cfg.Block(), want.Name)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("getting ConfigMap %s: %w", want.Name, err)
-	}
-	if maps.Equal(current.Data, data) {
-		return nil
-	}
-	current.Data = data
-	if err := r.Client.Update(ctx, current); err != nil {
-		return fmt.Errorf("updating ConfigMap %s: %w", want.Name, err)
-	}
-	return nil
-}
-
-// Addresses is the published data: for each listener L, "L.addresses" (one "pod host:port" line
-// per broker with an address) and "L.bootstrap.servers"; "bootstrap.servers" is the first
-// listener's.
-func Addresses(cfg patches.Config, first, last int, brokers map[int]*corev1.Pod) map[string]string {
-	data := map[string]string{}
-	for l, listener := range cfg.Listeners {
-		var lines, servers []string
-		for ordinal := first; ordinal <= last; ordinal++ {
-			pod := brokers[ordinal]
-			if pod == nil || pod.Annotations[patches.AnnotationHost] == "" {
-				continue
-			}
-			addr := fmt.Sprintf("%s:%d", pod.Annotations[patches.AnnotationHost], cfg.Port(ordinal, l))
-			lines = append(lines, pod.Name+" "+addr)
-			servers = append(servers, addr)
-		}
-		data[listener.Name+".addresses"] = strings.Join(lines, "\n")
-		data[listener.Name+".bootstrap.servers"] = strings.Join(servers, ",")
-		if l == 0 {
-			data["bootstrap.servers"] = strings.Join(servers, ",")
-		}
-	}
-	return data
-}
-
-// remove deletes a StatefulSet's Services and ConfigMap once it is no longer opted in.
-func (r *Reconciler) remove(ctx context.Context, namespace, name string) error {
+// remove takes everything back once a StatefulSet is no longer opted in (sts) or is gone (nil):
+// its Services and ConfigMap, and, for an opted-out one, its brokers that never started.
+func (r *Reconciler) remove(ctx context.Context, namespace, name string, sts *appsv1.StatefulSet) error {
+	brokerGauge.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "statefulset": name})
 	var services corev1.ServiceList
 	if err := r.Client.List(ctx, &services, client.InNamespace(namespace), client.MatchingLabels{patches.LabelCluster: name, patches.LabelExpose: patches.ExposeValue}); err != nil {
 		return fmt.Errorf("listing broker Services: %w", err)
@@ -383,6 +235,11 @@ func (r *Reconciler) remove(ctx context.Context, namespace, name string) error {
 	for i := range services.Items {
 		if err := r.Client.Delete(ctx, &services.Items[i]); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("deleting Service %s: %w", services.Items[i].Name, err)
+		}
+	}
+	if sts != nil {
+		if err := r.releasePending(ctx, sts); err != nil {
+			return err
 		}
 	}
 	cm := &corev1.ConfigMap{}
@@ -399,6 +256,38 @@ func (r *Reconciler) remove(ctx context.Context, namespace, name string) error {
 	return client.IgnoreNotFound(r.Client.Delete(ctx, cm))
 }
 
+// releasePending deletes the brokers of an opted-out StatefulSet that have not started: one
+// waiting for a node, or in its gate for an address brokerport no longer gives, would stay so
+// forever, and a StatefulSet's rolling update waits for every pod to be ready before it replaces
+// any. The StatefulSet controller creates them again, and the pod webhook leaves brokerport out.
+func (r *Reconciler) releasePending(ctx context.Context, sts *appsv1.StatefulSet) error {
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(sts.Namespace), client.MatchingLabels{patches.LabelCluster: sts.Name}); err != nil {
+		return fmt.Errorf("listing brokers: %w", err)
+	}
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if pod.Status.Phase != corev1.PodPending || pod.DeletionTimestamp != nil || !metav1.IsControlledBy(pod, sts) {
+			continue
+		}
+		if err := r.Client.Delete(ctx, pod, client.Preconditions{UID: &pod.UID}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("releasing pending broker %s: %w", pod.Name, err)
+		}
+		r.Events.Eventf(sts, pod, corev1.EventTypeNormal, "BrokerReleased", "OptOut", "broker %s had not started (pending); deleted so that it is created again without brokerport", pod.Name)
+	}
+	return nil
+}
+
+// optedOut reads a StatefulSet the cache does not hold (it holds only opted-in ones) from the
+// API server: nil when it is gone or cannot be read.
+func (r *Reconciler) optedOut(ctx context.Context, req reconcile.Request) *appsv1.StatefulSet {
+	sts := &appsv1.StatefulSet{}
+	if err := r.API.Get(ctx, req.NamespacedName, sts); err != nil || patches.IsExposed(sts.Labels) {
+		return nil
+	}
+	return sts
+}
+
 func ordinals(sts *appsv1.StatefulSet) (first, last int) {
 	replicas := 1
 	if sts.Spec.Replicas != nil {
@@ -410,21 +299,3 @@ func ordinals(sts *appsv1.StatefulSet) (first, last int) {
 	return first, first + replicas - 1
 }
 
-// Describe prints a published ConfigMap for people: bootstrap.servers, then each listener's
-// brokers.
-func Describe(cm *corev1.ConfigMap) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "bootstrap.servers=%s\n", cm.Data["bootstrap.servers"])
-	keys := slices.Sorted(maps.Keys(cm.Data))
-	for _, k := range keys {
-		if listener, ok := strings.CutSuffix(k, ".addresses"); ok {
-			fmt.Fprintf(&b, "\n%s:\n", listener)
-			for _, line := range strings.Split(cm.Data[k], "\n") {
-				if line != "" {
-					fmt.Fprintf(&b, "  %s\n", line)
-				}
-			}
-		}
-	}
-	return b.String()
-}

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -65,11 +66,17 @@ func newFixture(t *testing.T) *fixture {
 		},
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			mutateServices(obj)
+			if err := nodePortsFree(ctx, c, obj); err != nil {
+				return err
+			}
 			f.writes = append(f.writes, fmt.Sprintf("create %T %s", obj, obj.GetName()))
 			return c.Create(ctx, obj, opts...)
 		},
 		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
 			mutateServices(obj)
+			if err := nodePortsFree(ctx, c, obj); err != nil {
+				return err
+			}
 			f.writes = append(f.writes, fmt.Sprintf("update %T %s", obj, obj.GetName()))
 			return c.Update(ctx, obj, opts...)
 		},
@@ -84,6 +91,33 @@ func newFixture(t *testing.T) *fixture {
 	}).Build()
 	f.r = &Reconciler{Client: f.client, API: f.client, Events: f.events, Options: patches.DefaultOptions()}
 	return f
+}
+
+// nodePortsFree refuses a Service write that claims a nodePort another Service holds, as the API
+// server's allocator does ("provided port is already allocated").
+func nodePortsFree(ctx context.Context, c client.Client, obj client.Object) error {
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return nil
+	}
+	var all corev1.ServiceList
+	if err := c.List(ctx, &all); err != nil {
+		return err
+	}
+	for _, other := range all.Items {
+		if other.Namespace == svc.Namespace && other.Name == svc.Name {
+			continue
+		}
+		for _, held := range other.Spec.Ports {
+			for i, p := range svc.Spec.Ports {
+				if p.NodePort != 0 && p.NodePort == held.NodePort {
+					return apierrors.NewInvalid(corev1.SchemeGroupVersion.WithKind("Service").GroupKind(), svc.Name, field.ErrorList{
+						field.Invalid(field.NewPath("spec", "ports").Index(i).Child("nodePort"), p.NodePort, "provided port is already allocated")})
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // slimmed applies brokerport's cache transforms to a listed page, as the informers would.
@@ -133,7 +167,9 @@ func (f *fixture) pod(i int, host string) *corev1.Pod {
 				patches.AnnotationListeners: "kafka=9094,http=8083", patches.AnnotationPortBase: "30000",
 				patches.AnnotationHost: host, patches.AnnotationZone: "", patches.AnnotationNode: fmt.Sprintf("node-%d", i),
 			}},
-		Spec:   corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i)},
+		Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i), Containers: []corev1.Container{{Name: "redpanda", Ports: []corev1.ContainerPort{
+			{Name: "kafka", ContainerPort: 9094, HostPort: int32(30000 + 2*i)}, {Name: "http", ContainerPort: 8083, HostPort: int32(30001 + 2*i)},
+		}}}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning},
 	}
 }
@@ -176,8 +212,9 @@ func TestReconcileCreatesServicesAndConfigMapThenWritesNothing(t *testing.T) {
 		"kafka.addresses":         "redpanda-0 127.0.1.1:30000\nredpanda-1 127.0.1.2:30002\nredpanda-2 127.0.1.3:30004",
 		"http.bootstrap.servers":  "127.0.1.1:30001,127.0.1.2:30003,127.0.1.3:30005",
 		"http.addresses":          "redpanda-0 127.0.1.1:30001\nredpanda-1 127.0.1.2:30003\nredpanda-2 127.0.1.3:30005",
+		"status":                  "redpanda-0 exposed\nredpanda-1 exposed\nredpanda-2 exposed",
 	}, cm.Data)
-	assert.Contains(t, <-f.events.Events, "Normal Exposed brokers exposed on ports 30000-30015; addresses in ConfigMap redpanda-external")
+	assert.Contains(t, <-f.events.Events, "Normal Exposed all 3 brokers exposed on ports 30000-30015; addresses in ConfigMap redpanda-external")
 
 	f.reconcile()
 	assert.Empty(t, f.writes, "a second reconcile writes nothing")
@@ -226,7 +263,7 @@ func TestReconcileRepairsStaleAndMissingAddresses(t *testing.T) {
 		assert.Equal(t, want, pod.Annotations[patches.AnnotationHost])
 	}
 	got := strings.Join(drainEvents(f.events), "\n")
-	assert.Contains(t, got, "Warning RestartRequired node node-1's address changed from 127.0.1.2 to 127.0.9.2; the broker still advertises 127.0.1.2: restart it (kubectl delete pod redpanda-1) to re-advertise")
+	assert.Contains(t, got, "Warning RestartRequired the address annotations said 127.0.1.2, but node node-1's address is 127.0.9.2; the broker may still advertise 127.0.1.2: restart it (kubectl delete pod redpanda-1) to re-advertise")
 	assert.Contains(t, got, "Normal AddressRepaired set brokerport.io/host=127.0.1.3 (node node-2): the broker can start")
 
 	f.reconcile()
@@ -287,12 +324,11 @@ func TestReconcileLeavesSomeoneElsesServiceAlone(t *testing.T) {
 	f := newFixture(t)
 	theirs := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "kafka", Name: "redpanda-1-external"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "web", Port: 80}}}}
 	require.NoError(t, f.client.Create(context.Background(), theirs))
-	_, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "kafka", Name: "redpanda"}})
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "Service kafka/redpanda-1-external exists and is not brokerport's")
+	f.reconcile()
 	require.NoError(t, f.client.Get(context.Background(), client.ObjectKeyFromObject(theirs), theirs))
 	assert.Equal(t, "web", theirs.Spec.Ports[0].Name, "untouched")
-	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning ServiceTaken Service redpanda-1-external exists and is not brokerport's")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning BrokerNotExposed broker redpanda-1 is not exposed: Service redpanda-1-external exists and is not brokerport's")
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.3:30004", f.configMap()["bootstrap.servers"], "the other brokers are published")
 }
 
 // Two replicas, each with a cache that did not show the other's assignment yet, gave two
@@ -314,4 +350,172 @@ func TestReconcileGivesUpAnOverlappingBlock(t *testing.T) {
 	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(older), older))
 	assert.Equal(t, "30004", older.Annotations[patches.AnnotationPortBase], "the older keeps its block")
 	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning PortBlockConflict ports 30000-30015 overlapped StatefulSet other/older's 30004-30011")
+}
+
+func (f *fixture) configMap() map[string]string {
+	f.t.Helper()
+	cm := &corev1.ConfigMap{}
+	require.NoError(f.t, f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: "redpanda-external"}, cm))
+	return cm.Data
+}
+
+func (f *fixture) service(name string) []int32 {
+	f.t.Helper()
+	svc := &corev1.Service{}
+	require.NoError(f.t, f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: name}, svc))
+	return nodePorts(svc)
+}
+
+// rollPod replaces broker i as the StatefulSet controller and the webhook would: a new pod, on
+// node, with the hostPorts the current configuration gives it.
+func (f *fixture) rollPod(i, node int, listeners int) {
+	f.t.Helper()
+	ctx := context.Background()
+	require.NoError(f.t, f.client.Delete(ctx, f.pod(i, "")))
+	pod := f.pod(i, "")
+	pod.Spec.NodeName = fmt.Sprintf("node-%d", node)
+	pod.Spec.Containers[0].Ports = nil
+	for l, containerPort := range []int32{9094, 8083, 8084, 9645, 33145}[:listeners] {
+		pod.Spec.Containers[0].Ports = append(pod.Spec.Containers[0].Ports, corev1.ContainerPort{ContainerPort: containerPort, HostPort: int32(30000 + i*listeners + l)})
+	}
+	require.NoError(f.t, f.client.Create(ctx, pod))
+}
+
+// The listener change seen on make demo's cluster: a listener added to a running StatefulSet
+// moves every Service's nodePorts onto ports another of its Services holds. The API server
+// refuses a claim on a held port, so the Services must move in order; the ConfigMap publishes
+// what the brokers really listen on until they have rolled.
+func TestReconcileListenerAddedMovesEveryServiceInOrder(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	drainEvents(f.events)
+	ctx := context.Background()
+
+	f.sts.Annotations[patches.AnnotationListeners] = "kafka=9094,http=8083,schema-registry=8084"
+	require.NoError(t, f.client.Update(ctx, f.sts))
+	f.reconcile()
+	assert.Equal(t, []string{
+		"update *v1.Service redpanda-2-external", "update *v1.Service redpanda-1-external", "update *v1.Service redpanda-0-external",
+		"update *v1.ConfigMap redpanda-external",
+	}, f.writes)
+	for i := range 3 {
+		assert.Equal(t, []int32{int32(30000 + 3*i), int32(30001 + 3*i), int32(30002 + 3*i)}, f.service(fmt.Sprintf("redpanda-%d-external", i)))
+	}
+	data := f.configMap()
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004", data["bootstrap.servers"], "where the brokers still listen")
+	assert.Equal(t, "", data["schema-registry.bootstrap.servers"], "no broker listens on the new listener yet")
+	assert.Contains(t, data["status"], "redpanda-1 not exposed: its pod was created before listeners [schema-registry] were configured")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning BrokerNotExposed broker redpanda-2 is not exposed")
+
+	// The brokers roll; redpanda-2 comes back on node-0's neighbour... node 1 is taken, so on a
+	// fourth node.
+	require.NoError(t, f.client.Create(ctx, node(3, "127.0.1.4")))
+	f.rollPod(0, 0, 3)
+	f.rollPod(1, 1, 3)
+	f.rollPod(2, 3, 3)
+	f.reconcile()
+	data = f.configMap()
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30003,127.0.1.4:30006", data["bootstrap.servers"])
+	assert.Equal(t, "redpanda-0 127.0.1.1:30002\nredpanda-1 127.0.1.2:30005\nredpanda-2 127.0.1.4:30008", data["schema-registry.addresses"])
+	assert.Equal(t, "redpanda-0 exposed\nredpanda-1 exposed\nredpanda-2 exposed", data["status"])
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Normal Exposed all 3 brokers exposed on ports 30000-30023")
+}
+
+// A NodePort Service of another namespace holding a port of the block: that broker is not
+// exposed, the Warning names the port and the holder, and every other broker goes on.
+func TestReconcileSquatterBlocksOneBrokerOnly(t *testing.T) {
+	f := newFixture(t)
+	squat := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "squat"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{Name: "web", Port: 80, NodePort: 30003}}}}
+	require.NoError(t, f.client.Create(context.Background(), squat))
+	res, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKeyFromObject(f.sts)})
+	require.NoError(t, err)
+	assert.Equal(t, blockedRetry, res.RequeueAfter, "looked at again: the squatter may go")
+
+	assert.Equal(t, []string{"redpanda-0-external", "redpanda-2-external", "squat"}, f.serviceNames())
+	data := f.configMap()
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.3:30004", data["bootstrap.servers"])
+	assert.Equal(t, "redpanda-0 exposed\nredpanda-1 not exposed: port 30003 is held by Service other/squat\nredpanda-2 exposed", data["status"])
+	events := strings.Join(drainEvents(f.events), "\n")
+	assert.Contains(t, events, "Warning BrokerNotExposed broker redpanda-1 is not exposed: port 30003 is held by Service other/squat")
+	assert.NotContains(t, events, "Normal Exposed", "Exposed only when every broker is")
+
+	f.reconcile()
+	assert.Empty(t, drainEvents(f.events), "said once, not on every look")
+
+	require.NoError(t, f.client.Delete(context.Background(), squat))
+	f.reconcile()
+	assert.Equal(t, "redpanda-0 exposed\nredpanda-1 exposed\nredpanda-2 exposed", f.configMap()["status"])
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Normal Exposed all 3 brokers")
+}
+
+// What a pod editor writes on a broker pod is never published: the address comes from the
+// StatefulSet's configuration and the node, and the pod's annotations are put back.
+func TestReconcileIgnoresEditedPodAnnotations(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	ctx := context.Background()
+	pod := f.pod(1, "")
+	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(pod), pod))
+	pod.Annotations[patches.AnnotationHostTemplate] = "attacker.example.com"
+	pod.Annotations[patches.AnnotationHost] = "attacker.example.com"
+	pod.Annotations[patches.AnnotationPortBase] = "30050"
+	require.NoError(t, f.client.Update(ctx, pod))
+
+	f.reconcile()
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004", f.configMap()["bootstrap.servers"])
+	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(pod), pod))
+	assert.Equal(t, "127.0.1.2", pod.Annotations[patches.AnnotationHost], "put back")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning RestartRequired the address annotations said attacker.example.com")
+}
+
+// A broker deleted and rescheduled onto another node is published at its new node at once.
+func TestReconcileBrokerMovedToAnotherNode(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	require.NoError(t, f.client.Create(context.Background(), node(3, "127.0.1.4")))
+	f.rollPod(2, 3, 2)
+	f.reconcile()
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002,127.0.1.4:30004", f.configMap()["bootstrap.servers"])
+}
+
+// Opting out while a broker waits (for a node, or in its gate for an address brokerport no
+// longer gives) releases it: it is deleted, to be created again without brokerport.
+func TestReconcileOptOutReleasesPendingBrokers(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	require.NoError(t, f.client.Delete(ctx, f.pod(2, "")))
+	pending := f.pod(2, "")
+	pending.Status.Phase = corev1.PodPending
+	pending.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(f.sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))}
+	require.NoError(t, f.client.Create(ctx, pending))
+	f.reconcile()
+
+	f.sts.Labels = nil
+	require.NoError(t, f.client.Update(ctx, f.sts))
+	f.reconcile()
+	assert.Contains(t, f.writes, "delete *v1.Pod redpanda-2")
+	assert.NotContains(t, f.writes, "delete *v1.Pod redpanda-0", "a running broker rolls with the StatefulSet")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Normal BrokerReleased broker redpanda-2 had not started")
+}
+
+// brokerport's own ConfigMap, created moments ago, that the cache does not show yet is not
+// someone else's: no ConfigMapTaken.
+func TestReconcileOwnConfigMapNotYetCached(t *testing.T) {
+	f := newFixture(t)
+	f.reconcile()
+	drainEvents(f.events)
+	f.r.Client = hideConfigMaps{f.r.Client}
+	f.reconcile()
+	assert.NotContains(t, strings.Join(drainEvents(f.events), "\n"), "ConfigMapTaken")
+}
+
+// hideConfigMaps reads like a ConfigMap cache that has not caught up.
+type hideConfigMaps struct{ client.Client }
+
+func (h hideConfigMaps) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*corev1.ConfigMap); ok {
+		return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
+	}
+	return h.Client.Get(ctx, key, obj, opts...)
 }

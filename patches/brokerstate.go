@@ -1,0 +1,110 @@
+package patches
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// BrokerState is what is true of one broker now: where it can be reached per listener, and
+// whether it is exposed as its StatefulSet asks.
+type BrokerState struct {
+	Pod  string
+	Node string
+	Host string
+	// Ports are the broker's external ports per listener, as its pod was admitted; 0 where
+	// nothing is published for that listener.
+	Ports []int32
+	// Exposed: bound, with an address, listening on the ports the StatefulSet's configuration
+	// gives it, and those ports reserved by its Service.
+	Exposed bool
+	// Reason says why it is not exposed.
+	Reason string
+}
+
+// Address is the broker's host:port for listener l ("" when nothing is published), with an
+// IPv6 host in brackets.
+func (b BrokerState) Address(l int) string {
+	if b.Host == "" || l >= len(b.Ports) || b.Ports[l] == 0 {
+		return ""
+	}
+	return net.JoinHostPort(b.Host, strconv.Itoa(int(b.Ports[l])))
+}
+
+// BrokerFacts is what the controller knows of one broker: its pod (nil when there is none), the
+// pod's node (nil when unknown) and why its Service cannot hold its ports ("" when it can).
+type BrokerFacts struct {
+	Pod            *corev1.Pod
+	Node           *corev1.Node
+	ServiceProblem string
+}
+
+// ObserveBroker decides broker ordinal's state from trusted facts only: the StatefulSet's
+// configuration, the pod's spec as admitted (its node and hostPorts cannot change afterwards) and
+// the node. The pod's annotations, which anyone who can edit the pod can change, are not read.
+func ObserveBroker(cfg Config, cluster string, ordinal int, facts BrokerFacts) BrokerState {
+	state := BrokerState{Pod: fmt.Sprintf("%s-%d", cluster, ordinal)}
+	pod := facts.Pod
+	switch {
+	case pod == nil:
+		state.Reason = "no pod yet"
+		return state
+	case pod.DeletionTimestamp != nil:
+		state.Reason = "terminating"
+		return state
+	case pod.Spec.NodeName == "":
+		state.Reason = "not scheduled to a node yet"
+		return state
+	case facts.Node == nil:
+		state.Reason = fmt.Sprintf("node %s is not known", pod.Spec.NodeName)
+		return state
+	}
+	state.Node = pod.Spec.NodeName
+	addr, err := SelectAddress(facts.Node, cfg)
+	if err != nil {
+		state.Reason = err.Error()
+		return state
+	}
+	state.Host = addr.Host
+
+	state.Ports = make([]int32, len(cfg.Listeners))
+	var moved, missing []string
+	for l, listener := range cfg.Listeners {
+		port := admittedHostPort(pod, listener.ContainerPort)
+		switch want := cfg.Port(ordinal, l); {
+		case port == 0:
+			missing = append(missing, listener.Name)
+			continue
+		case port != want:
+			moved = append(moved, fmt.Sprintf("%s %d (now %d)", listener.Name, port, want))
+		}
+		state.Ports[l] = port
+	}
+	switch {
+	case facts.ServiceProblem != "":
+		// Another Service holds its ports: node:port may reach that Service's backends, so
+		// nothing of this broker is published.
+		state.Ports = make([]int32, len(cfg.Listeners))
+		state.Reason = facts.ServiceProblem
+	case len(missing) > 0:
+		state.Reason = fmt.Sprintf("its pod was created before listeners %v were configured: it is exposed on them once it restarts", missing)
+	case len(moved) > 0:
+		state.Reason = fmt.Sprintf("it listens on the ports of an earlier configuration (%v) until it restarts", moved)
+	default:
+		state.Exposed = true
+	}
+	return state
+}
+
+// admittedHostPort is the hostPort a broker pod was admitted with for a listener's containerPort,
+// 0 when there is none.
+func admittedHostPort(pod *corev1.Pod, containerPort int32) int32 {
+	for _, c := range pod.Spec.Containers {
+		if i := tcpPortIndex(c.Ports, containerPort); i >= 0 && c.Ports[i].HostPort != 0 {
+			return c.Ports[i].HostPort
+		}
+	}
+	return 0
+}
