@@ -140,7 +140,7 @@ func AllocateBlock(inUse PortSet, within PortRange, size int32) (int32, error) {
 		start = inUse.gaps[g].First
 	}
 	if start < 0 || start+size-1 > within.Last {
-		return 0, fmt.Errorf("no block of %d free ports is left in the port range %s (%d ports): widen it with --port-range, or lower %s or the number of listeners", size, within, within.Size(), AnnotationMaxBrokers)
+		return 0, fmt.Errorf("no block of %d free ports is left in brokerport's port range %s (%d ports); to fix: widen brokerport's --port-range (inside the API server's --service-node-port-range), lower %s or the number of listeners, or opt out a StatefulSet that no longer needs its block", size, within, within.Size(), AnnotationMaxBrokers)
 	}
 	return start, nil
 }

@@ -34,7 +34,7 @@ func TestAllocateBlock(t *testing.T) {
 		"the last block that fits":              {inUse: []Reservation{block(30000, 30077, "a")}, size: 8, want: 30078},
 		"exhausted": {
 			inUse: []Reservation{block(30000, 30078, "a")}, size: 8,
-			wantErr: "no block of 8 free ports is left in the port range 30000-30085 (86 ports): widen it with --port-range, or lower brokerport.io/max-brokers or the number of listeners",
+			wantErr: "no block of 8 free ports is left in brokerport's port range 30000-30085 (86 ports); to fix: widen brokerport's --port-range (inside the API server's --service-node-port-range), lower brokerport.io/max-brokers or the number of listeners, or opt out a StatefulSet that no longer needs its block",
 		},
 		"bigger than the range": {size: 87, wantErr: "no block of 87 free ports"},
 	}

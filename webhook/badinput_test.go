@@ -35,6 +35,7 @@ const secretValue = "s3cr3t-do-not-log"
 // brokerPodJSON is a broker pod with extra JSON spliced into its first container.
 func brokerPodJSON(name, annotations, container string) string {
 	return fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"labels":{"brokerport.io/expose":"true","brokerport.io/cluster":"kafka"},
+"ownerReferences":[{"apiVersion":"apps/v1","kind":"StatefulSet","name":"kafka","uid":"kafka-uid","controller":true}],
 "annotations":{"brokerport.io/port-base":"30000"%s}},"spec":{"containers":[{"name":"kafka","image":"k","env":[{"name":"PASSWORD","value":%q}]%s}]}}`,
 		name, annotations, secretValue, container)
 }
@@ -49,6 +50,8 @@ func TestBadInputCatalog(t *testing.T) {
 	reader := fake.NewClientBuilder().WithScheme(scheme).Build()
 	var otherSTS = mustDecodeSTS(t, other)
 	require.NoError(t, reader.Create(context.Background(), otherSTS))
+	// The broker pods' StatefulSet.
+	require.NoError(t, reader.Create(context.Background(), mustDecodeSTS(t, `{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"kafka","namespace":"kafka","uid":"kafka-uid","labels":{"brokerport.io/expose":"true"}}}`)))
 	opts := patches.DefaultOptions()
 	snapshot := ReaderSnapshot{Reader: reader, Options: opts}
 	pods := NewPodHandler(scheme, snapshot, opts)

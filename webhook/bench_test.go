@@ -59,7 +59,7 @@ func benchCluster(b *testing.B) (ReaderSnapshot, *Clusters, *corev1.Pod) {
 	if err := yaml.Unmarshal(benchInput(b, "testdata/bench/pod-redpanda.yaml"), pod); err != nil {
 		b.Fatal(err)
 	}
-	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "redpanda",
+	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "redpanda", UID: pod.OwnerReferences[0].UID,
 		Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: pod.Annotations}}
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}}
 	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(sts, pod.DeepCopy(), node).Build()

@@ -53,6 +53,8 @@ type goldenResponse struct {
 	Message string                `json:"message,omitempty"`
 	Patch   []jsonpatch.Operation `json:"patch,omitempty"`
 	Events  []string              `json:"events,omitempty"` // Events the handler recorded
+	// Warnings are what kubectl prints to whoever made the request.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func TestGolden(t *testing.T) {
@@ -80,7 +82,7 @@ func runGoldenCase(t *testing.T, name string) {
 	req := c.request(c.Object)
 
 	resp := handler.Handle(context.Background(), req)
-	got := goldenResponse{Allowed: resp.Allowed, Patch: sortedByPath(resp.Patches), Events: drain(recorder)}
+	got := goldenResponse{Allowed: resp.Allowed, Patch: sortedByPath(resp.Patches), Events: drain(recorder), Warnings: resp.Warnings}
 	if resp.Result != nil {
 		got.Code, got.Message = resp.Result.Code, resp.Result.Message
 	}
@@ -138,11 +140,13 @@ func (c goldenCase) handler(t *testing.T) (admission.Handler, *events.FakeRecord
 	cached := decodeObjects(t, scheme, c.Cluster)
 	cache := fake.NewClientBuilder().WithScheme(scheme).WithObjects(cached...).Build()
 	api := fake.NewClientBuilder().WithScheme(scheme).WithObjects(append(cached, decodeObjects(t, scheme, c.APIOnly)...)...).Build()
-	snapshot := ReaderSnapshot{Reader: cache, Options: opts}
+	snapshot := ReaderSnapshot{Reader: cache, Live: api, Options: opts}
 	recorder := events.NewFakeRecorder(10)
 	switch c.Resource {
 	case "statefulsets":
-		return NewStatefulSetHandler(scheme, snapshot, opts), recorder
+		h := NewStatefulSetHandler(scheme, snapshot, opts)
+		h.Events = recorder
+		return h, recorder
 	case "pods":
 		return NewPodHandler(scheme, snapshot, opts), recorder
 	case "services":

@@ -11,9 +11,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/brokerport/brokerport/patches"
@@ -47,6 +49,8 @@ type StatefulSetHandler struct {
 	// the same block.
 	assigning sync.Mutex
 	recent    recentBlocks
+	// Events, when set, records a Warning when no port block is free.
+	Events events.EventRecorder
 }
 
 func NewStatefulSetHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *StatefulSetHandler {
@@ -69,9 +73,17 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		if sts.Name == "" {
 			return denied(statefulSetKind, req.Name, field.ErrorList{field.Required(field.NewPath("metadata", "name"), "brokerport names broker pods and Services after the StatefulSet, so it needs a fixed name, not generateName")})
 		}
+		ns, err := h.snapshot.Namespace(ctx, req.Namespace)
+		if err != nil {
+			return admission.Errored(http.StatusInternalServerError, err)
+		}
+		if ns != nil {
+			if err := patches.CheckPodSecurity(req.Namespace, ns.Labels, ns.Annotations); err != nil {
+				return denied(statefulSetKind, objectName(req, sts.Name), field.ErrorList{err})
+			}
+		}
 		h.assigning.Lock()
 		defer h.assigning.Unlock()
-		var err error
 		if inUse, err = h.snapshot.PortsInUse(ctx, req.Namespace, sts.Name); err != nil {
 			return admission.Errored(http.StatusInternalServerError, err)
 		}
@@ -79,6 +91,7 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 	}
 	mutated := sts.DeepCopy()
 	if errs := patches.MutateStatefulSet(mutated, inUse, h.opts); len(errs) > 0 {
+		h.reportExhausted(req, sts, errs)
 		return denied(statefulSetKind, objectName(req, sts.Name), errs)
 	}
 	if base := mutated.Annotations[patches.AnnotationPortBase]; base != sts.Annotations[patches.AnnotationPortBase] && (req.DryRun == nil || !*req.DryRun) {
@@ -90,6 +103,22 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		unchanged = "not opted in"
 	}
 	return patchResponseFromRaw(req.Object.Raw, sts, mutated, unchanged)
+}
+
+// reportExhausted says on the StatefulSet, where `kubectl describe` shows it, that no port block
+// was free: the denial reaches only whoever applied the change, which may be a GitOps tool. Not
+// on a dry run (the webhook entry declares sideEffects: NoneOnDryRun).
+func (h *StatefulSetHandler) reportExhausted(req admission.Request, sts *appsv1.StatefulSet, errs field.ErrorList) {
+	if h.Events == nil || (req.DryRun != nil && *req.DryRun) {
+		return
+	}
+	for _, err := range errs {
+		if err.Origin == patches.OriginPortRangeExhausted {
+			regarding := sts.DeepCopy()
+			regarding.Namespace = req.Namespace
+			h.Events.Eventf(regarding, nil, corev1.EventTypeWarning, "PortRangeExhausted", "AssignPorts", "%s", err.Detail)
+		}
+	}
 }
 
 // PodHandler exposes a broker pod on create: hostPorts, one broker per node, brokerport's
@@ -111,6 +140,23 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 	if !patches.IsExposed(pod.Labels) {
 		return admission.Allowed("not a brokerport broker")
 	}
+	switch owner, err := h.owner(ctx, req.Namespace, pod); {
+	case err != nil:
+		return admission.Errored(http.StatusInternalServerError, err)
+	case owner == ownerNone:
+		cluster := pod.Labels[patches.LabelCluster]
+		return denied(podKind, objectName(req, pod.Name), field.ErrorList{field.Forbidden(field.NewPath("metadata", "labels").Key(patches.LabelExpose),
+			fmt.Sprintf("brokerport exposes only the pods of an opted-in StatefulSet, and this pod is not controlled by StatefulSet %q of namespace %q labeled %s=%s: label the StatefulSet, not the pod", cluster, req.Namespace, patches.LabelExpose, patches.ExposeValue))})
+	case owner == ownerOptedOut:
+		// Created from a revision of its StatefulSet's template made before the opt-out (the
+		// StatefulSet controller recreates a deleted pod at its current revision): it starts
+		// without brokerport rather than wait for an address no one will give it.
+		mutated := pod.DeepCopy()
+		patches.StripPod(mutated)
+		resp := patchResponse(pod, mutated, "")
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("StatefulSet %s/%s is no longer opted in: brokerport left pod %s out", req.Namespace, pod.Labels[patches.LabelCluster], pod.Name))
+		return resp
+	}
 	var node *corev1.Node
 	if pod.Spec.NodeName != "" {
 		var err error
@@ -127,6 +173,39 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 		return patchResponseFromRaw(req.Object.Raw, pod, mutated, "already as brokerport wants it")
 	}
 	return patchResponse(pod, mutated, "already as brokerport wants it")
+}
+
+type podOwner int
+
+const (
+	ownerNone     podOwner = iota // no StatefulSet of that name controls the pod
+	ownerOptedIn                  // its StatefulSet is opted in
+	ownerOptedOut                 // its StatefulSet exists and is not opted in (any more)
+)
+
+// owner checks that a labeled pod is controlled by the StatefulSet its cluster label names: the
+// pod's configuration annotations come from that StatefulSet's template, and nowhere else. The
+// cache answers for opted-in StatefulSets; the API server only for one the cache does not show
+// (just opted in, or opted out).
+func (h *PodHandler) owner(ctx context.Context, namespace string, pod *corev1.Pod) (podOwner, error) {
+	cluster := pod.Labels[patches.LabelCluster]
+	ref := metav1.GetControllerOf(pod)
+	if cluster == "" || ref == nil || ref.Kind != "StatefulSet" || ref.APIVersion != appsv1.SchemeGroupVersion.String() || ref.Name != cluster {
+		return ownerNone, nil
+	}
+	sts, err := h.snapshot.ExposedStatefulSet(ctx, namespace, cluster)
+	if err != nil {
+		return ownerNone, err
+	}
+	if sts == nil || sts.UID != ref.UID {
+		if sts, err = h.snapshot.LiveStatefulSet(ctx, namespace, cluster); err != nil || sts == nil || sts.UID != ref.UID {
+			return ownerNone, err
+		}
+	}
+	if !patches.IsExposed(sts.Labels) {
+		return ownerOptedOut, nil
+	}
+	return ownerOptedIn, nil
 }
 
 // ServiceHandler makes an opted-in Service a NodePort Service on its broker's external ports.

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -30,9 +31,12 @@ func CountedWebhook(resource string, h admission.Handler) *admission.Webhook {
 	return &admission.Webhook{Handler: counted{resource, h}}
 }
 
-// Register serves brokerport's object handlers on server.
-func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) {
-	server.Register(PathStatefulSets, CountedWebhook("statefulsets", NewStatefulSetHandler(scheme, snapshot, opts)))
+// Register serves brokerport's object handlers on server; recorder gets the StatefulSet
+// handler's Events.
+func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) {
+	statefulSets := NewStatefulSetHandler(scheme, snapshot, opts)
+	statefulSets.Events = recorder
+	server.Register(PathStatefulSets, CountedWebhook("statefulsets", statefulSets))
 	server.Register(PathPods, CountedWebhook("pods", NewPodHandler(scheme, snapshot, opts)))
 	server.Register(PathServices, CountedWebhook("services", NewServiceHandler(scheme, snapshot, opts)))
 	server.Register(PathScale, CountedWebhook("statefulsets/scale", NewScaleHandler(scheme, snapshot, opts)))
@@ -55,12 +59,12 @@ func TLSOptions() []func(*tls.Config) {
 
 // CachedTypes are the informers the handlers read; serve starts them before it is ready.
 func CachedTypes() []client.Object {
-	return []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}, &corev1.Node{}, &corev1.Pod{}, &corev1.ConfigMap{}}
+	return []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}, &corev1.Node{}, &corev1.Pod{}, &corev1.ConfigMap{}, &corev1.Namespace{}}
 }
 
 // CacheOptions keeps in memory only what brokerport reads: opted-in StatefulSets, every
-// Service's nodePorts, every node's addresses and zone, broker pods' placement and brokerport's
-// ConfigMaps. Memory stays flat however large the objects are.
+// Service's nodePorts, every node's addresses and zone, broker pods' placement and hostPorts,
+// brokerport's ConfigMaps and every namespace's Pod Security labels. Memory stays flat however large the objects are.
 func CacheOptions() cache.Options {
 	published, err := labels.NewRequirement(patches.LabelCluster, selection.Exists, nil)
 	if err != nil {
@@ -79,6 +83,7 @@ func CacheOptions() cache.Options {
 				Transform: keepBrokerPod,
 			},
 			&corev1.ConfigMap{}: {Label: labels.NewSelector().Add(*published)},
+			&corev1.Namespace{}: {Transform: keepPodSecurity},
 		},
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}
@@ -134,6 +139,14 @@ func keepNodeAddress(obj any) (any, error) {
 		ObjectMeta: slimMeta(node.ObjectMeta, func(k string) bool { return k == patches.LabelZone || k == corev1.LabelTopologyRegion }, none),
 		Status:     corev1.NodeStatus{Addresses: node.Status.Addresses},
 	}, nil
+}
+
+func keepPodSecurity(obj any) (any, error) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Namespace{ObjectMeta: slimMeta(ns.ObjectMeta, patches.IsPodSecurityKey, patches.IsBrokerportKey)}, nil
 }
 
 func keepBrokerPod(obj any) (any, error) {

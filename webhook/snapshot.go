@@ -22,15 +22,23 @@ type Snapshot interface {
 	PortsInUse(ctx context.Context, namespace, name string) (patches.PortSet, error)
 	// ExposedStatefulSet is the opted-in StatefulSet namespace/name, or nil.
 	ExposedStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
+	// LiveStatefulSet reads StatefulSet namespace/name from the API server, opted in or not, for
+	// the rare question the cache cannot answer; nil when it does not exist.
+	LiveStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
 	// Node is the node called name, or nil when it is not known.
 	Node(ctx context.Context, name string) (*corev1.Node, error)
+	// Namespace is the namespace called name (its labels and annotations), or nil when it is not
+	// known.
+	Namespace(ctx context.Context, name string) (*corev1.Namespace, error)
 }
 
 // ReaderSnapshot is a Snapshot over a client.Reader: the manager's cache in production (reads are
 // in memory, no API call), a fake client over fixed objects elsewhere. Lists select by label
 // themselves, so they give the same answer whether or not the cache is label-filtered.
 type ReaderSnapshot struct {
-	Reader  client.Reader
+	Reader client.Reader
+	// Live reads from the API server (nil: Reader is read instead).
+	Live    client.Reader
 	Options patches.Options
 }
 
@@ -88,6 +96,22 @@ func (s ReaderSnapshot) ExposedStatefulSet(ctx context.Context, namespace, name 
 	return sts, nil
 }
 
+func (s ReaderSnapshot) LiveStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error) {
+	reader := s.Live
+	if reader == nil {
+		reader = s.Reader
+	}
+	sts := &appsv1.StatefulSet{}
+	err := reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, sts)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting StatefulSet %s/%s: %w", namespace, name, err)
+	}
+	return sts, nil
+}
+
 func (s ReaderSnapshot) Node(ctx context.Context, name string) (*corev1.Node, error) {
 	node := &corev1.Node{}
 	err := s.Reader.Get(ctx, client.ObjectKey{Name: name}, node)
@@ -98,4 +122,16 @@ func (s ReaderSnapshot) Node(ctx context.Context, name string) (*corev1.Node, er
 		return nil, fmt.Errorf("getting Node %s: %w", name, err)
 	}
 	return node, nil
+}
+
+func (s ReaderSnapshot) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	ns := &corev1.Namespace{}
+	err := s.Reader.Get(ctx, client.ObjectKey{Name: name}, ns)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting Namespace %s: %w", name, err)
+	}
+	return ns, nil
 }

@@ -202,7 +202,7 @@ func serve(dir string) (ctrlwebhook.Server, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "redpanda",
+	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "redpanda", UID: pod.OwnerReferences[0].UID,
 		Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: pod.Annotations}}
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}}
 	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(sts, pod, node).Build()
@@ -217,7 +217,7 @@ func serve(dir string) (ctrlwebhook.Server, int, error) {
 		return nil, 0, err
 	}
 	server := ctrlwebhook.NewServer(ctrlwebhook.Options{Host: "127.0.0.1", Port: port, CertDir: dir, TLSOpts: webhook.TLSOptions()})
-	webhook.Register(server, scheme, snapshot, opts)
+	webhook.Register(server, scheme, snapshot, events.NewFakeRecorder(100), opts)
 	server.Register(webhook.PathBindings, &admission.Webhook{Handler: webhook.NewBindingHandler(scheme, clusters, reader, reader, snapshot, events.NewFakeRecorder(1), opts)})
 	server.Register("/noop", &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
 		return admission.Allowed("")

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -20,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -176,7 +178,9 @@ func Render(ctx context.Context, objects [][]byte, nodes []*corev1.Node, opts pa
 		if err != nil {
 			return nil, err
 		}
-		// Later StatefulSets of the manifest must see this one's block, as they would in a cluster.
+		// Later StatefulSets of the manifest must see this one's block, as they would in a cluster;
+		// its pods are controlled by it, by UID, as the StatefulSet controller makes them.
+		sts.UID = types.UID("render-" + sts.Namespace + "-" + sts.Name)
 		if err := reader.Create(ctx, sts.DeepCopy()); err != nil {
 			return nil, fmt.Errorf("recording StatefulSet %s: %w", sts.Name, err)
 		}
@@ -267,7 +271,7 @@ func (r renderer) brokers(ctx context.Context, sts *appsv1.StatefulSet, nodes []
 			}
 			broker.Node = pod.Spec.NodeName
 			for l := range cfg.Listeners {
-				broker.Addresses = append(broker.Addresses, pod.Annotations[patches.AnnotationHost]+":"+strconv.Itoa(int(cfg.Port(ordinal, l))))
+				broker.Addresses = append(broker.Addresses, net.JoinHostPort(pod.Annotations[patches.AnnotationHost], strconv.Itoa(int(cfg.Port(ordinal, l)))))
 			}
 		}
 		res.Pods = append(res.Pods, pod)
@@ -332,6 +336,7 @@ func podFor(sts *appsv1.StatefulSet, ordinal int) *corev1.Pod {
 		Spec:       tmpl.Spec,
 	}
 	pod.Name, pod.Namespace = name, sts.Namespace
+	pod.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))}
 	if pod.Labels == nil {
 		pod.Labels = map[string]string{}
 	}
