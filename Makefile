@@ -4,7 +4,7 @@ IMAGE   ?= ghcr.io/brokerport/brokerport:dev
 BIN     := bin/brokerport
 
 .DEFAULT_GOAL := help
-.PHONY: help build test golden lint fuzz bench demo demo-down render-examples e2e e2e-tools docker-build ci
+.PHONY: help build test golden lint fuzz bench demo demo-down render-examples e2e e2e-tools kcat docker-build ci
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -12,8 +12,9 @@ help: ## list the targets
 build: ## build bin/brokerport
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/brokerport
 
-test: ## run every test with the race detector
+test: ## run every test with the race detector (and the CEL check of the binding matchConditions)
 	$(GO) test -race -count=1 ./...
+	cd webhook/matchconditions/celcheck && $(GO) test -count=1 ./...
 
 golden: ## regenerate the golden files from the current code; review the diff before committing
 	$(GO) test ./webhook -run TestGolden -update
@@ -29,7 +30,7 @@ lint: ## go vet (end-to-end code included) and a gofmt check
 # in Go 1.27). 100,000 executions take about 10-25 s per fuzzer on 2 cores.
 FUZZTIME ?= 100000x
 fuzz: ## run each fuzzer for FUZZTIME (100000x, about 20 s each)
-	@for f in FuzzParseConfig FuzzMutatePod FuzzMutateStatefulSet FuzzMutateService; do \
+	@for f in FuzzParseConfig FuzzMutatePod FuzzMutateStatefulSet FuzzMutateService FuzzHostTemplate FuzzPlanServices; do \
 	  echo ">> $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./patches || exit 1; done
 	@echo ">> FuzzServeHTTP"; $(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./webhook
 
@@ -49,7 +50,12 @@ render-examples: build ## show, offline, what brokerport does to the example Red
 e2e-tools: ## build (or find cached) kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok
 	@test/tools/build.sh >/dev/null
 
-e2e: e2e-tools ## the end-to-end suite on a real control plane (builds it from Go modules the first time)
+kcat: ## install kcat (the e2e suite's second Kafka client) from Debian's packages if it is missing
+	@command -v kcat >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; \
+	  else echo "kcat is missing: run  sudo apt-get install -y kcat  (or make kcat as root)"; exit 1; fi; }
+
+e2e: e2e-tools kcat ## the end-to-end suite on a real control plane (builds it from Go modules the first time)
 	BROKERPORT_E2E_BIN=$$(test/tools/build.sh) $(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e
 
 docker-build: ## build the image (needs a Docker engine)

@@ -2,6 +2,15 @@
 // serving certificate (ECDSA P-256) kept in one Secret shared by every replica, written to the
 // cert directory that controller-runtime's certwatcher reloads, with the CA patched into
 // brokerport's own MutatingWebhookConfiguration, and renewed before they expire.
+//
+// A CA is renewed in steps, so that the API server can verify every certificate a replica serves
+// at every moment:
+//  1. the new CA is staged: added to the caBundle beside the current one, signing nothing yet;
+//  2. once the webhook configuration has carried that bundle for Options.Grace (time for every
+//     API server to load it), the new CA signs a new serving certificate, which only then is
+//     written to the cert directory;
+//  3. the previous CA stays in the bundle until it expires, as certificates it signed may still
+//     be served by a replica that has not picked up the new one: after, nothing it signed verifies.
 package certs
 
 import (
@@ -15,6 +24,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -35,10 +45,17 @@ import (
 const (
 	KeyCACert   = "ca.crt"
 	KeyCAKey    = "ca.key"
-	KeyCABundle = "ca-bundle.crt" // the current CA and, after a CA renewal, the previous one
+	KeyCABundle = "ca-bundle.crt" // the staged CA, the current one, and previous ones until they expire
 	KeyCert     = "tls.crt"
 	KeyKey      = "tls.key"
+	// The staged CA: in the bundle, not yet signing.
+	KeyNextCACert = "next-ca.crt"
+	KeyNextCAKey  = "next-ca.key"
 )
+
+// AnnotationNextCAPublished on the Secret is when the webhook configuration was first seen
+// carrying the staged CA (RFC 3339): the grace period counts from there.
+const AnnotationNextCAPublished = "brokerport.io/next-ca-published"
 
 // Options say what to issue and where to keep it.
 type Options struct {
@@ -51,10 +68,14 @@ type Options struct {
 	Lifetime      time.Duration // of the serving certificate
 	// RenewAt is the fraction of a certificate's lifetime after which it is renewed.
 	RenewAt float64
-	Now     func() time.Time
+	// Grace is how long the caBundle carries a new CA before a certificate it signed is served:
+	// the API servers watch the webhook configuration and load a new bundle within seconds.
+	Grace time.Duration
+	Now   func() time.Time
 }
 
-// Defaults fills in lifetimes (CA 10 years, serving 1 year), renewal at 2/3, and the clock.
+// Defaults fills in lifetimes (CA 10 years, serving 1 year), renewal at 2/3, a grace of two
+// minutes, and the clock.
 func (o Options) Defaults() Options {
 	if o.CALifetime == 0 {
 		o.CALifetime = 10 * 365 * 24 * time.Hour
@@ -64,6 +85,9 @@ func (o Options) Defaults() Options {
 	}
 	if o.RenewAt == 0 {
 		o.RenewAt = 2.0 / 3
+	}
+	if o.Grace == 0 {
+		o.Grace = 2 * time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -106,25 +130,32 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 }
 
-// Ensure makes the Secret, the cert directory and the caBundle current, and returns when the
-// next renewal is due.
+// Ensure makes the Secret, the caBundle and the cert directory current, in that order, and
+// returns when it is next due: the bundle is patched before the files are written, so that the
+// CA of what this replica serves is in the bundle first.
 func (m *Manager) Ensure(ctx context.Context) (time.Time, error) {
-	secret, err := m.currentSecret(ctx)
+	secret, published, err := m.currentSecret(ctx)
 	if err != nil {
 		return time.Time{}, err
+	}
+	if err := m.patchCABundle(ctx); err != nil {
+		return time.Time{}, err
+	}
+	if secret.Data[KeyNextCACert] != nil && published.IsZero() {
+		if published, err = m.markPublished(ctx, secret); err != nil {
+			return time.Time{}, err
+		}
 	}
 	if err := m.writeFiles(secret.Data); err != nil {
 		return time.Time{}, err
 	}
-	if err := m.patchCABundle(ctx, secret.Data[KeyCABundle]); err != nil {
-		return time.Time{}, err
-	}
-	return m.nextRenewal(secret.Data)
+	return m.nextRenewal(secret.Data, published)
 }
 
-// currentSecret returns the shared Secret, creating or renewing it when needed. When another
-// replica wins a race, its Secret is used.
-func (m *Manager) currentSecret(ctx context.Context) (*corev1.Secret, error) {
+// currentSecret returns the shared Secret, creating it or taking the next renewal step when one
+// is due, and when the webhook configuration has carried its staged CA since (zero: it has not,
+// or there is none). When another replica wins a race, its Secret is used.
+func (m *Manager) currentSecret(ctx context.Context) (*corev1.Secret, time.Time, error) {
 	key := client.ObjectKey{Namespace: m.opts.Namespace, Name: m.opts.SecretName}
 	for attempt := 0; attempt < 3; attempt++ {
 		secret := &corev1.Secret{}
@@ -132,7 +163,7 @@ func (m *Manager) currentSecret(ctx context.Context) (*corev1.Secret, error) {
 		if apierrors.IsNotFound(err) {
 			data, err := m.issue(nil)
 			if err != nil {
-				return nil, err
+				return nil, time.Time{}, err
 			}
 			secret = &corev1.Secret{
 				ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name, Labels: map[string]string{"app.kubernetes.io/name": "brokerport"}},
@@ -142,43 +173,154 @@ func (m *Manager) currentSecret(ctx context.Context) (*corev1.Secret, error) {
 			if err := m.client.Create(ctx, secret); apierrors.IsAlreadyExists(err) {
 				continue // another replica created it first: use theirs
 			} else if err != nil {
-				return nil, fmt.Errorf("creating Secret %s: %w", key, err)
+				return nil, time.Time{}, fmt.Errorf("creating Secret %s: %w", key, err)
 			}
-			return secret, nil
+			return secret, time.Time{}, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("getting Secret %s: %w", key, err)
+			return nil, time.Time{}, fmt.Errorf("getting Secret %s: %w", key, err)
 		}
-		if !m.needsRenewal(secret.Data) {
-			return secret, nil
-		}
-		data, err := m.issue(secret.Data)
+		published, err := m.published(ctx, secret)
 		if err != nil {
-			return nil, err
+			return nil, time.Time{}, err
+		}
+		data, changed, err := m.renew(secret.Data, published)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		if !changed {
+			return secret, published, nil
 		}
 		secret.Data = data
+		if data[KeyNextCACert] == nil {
+			delete(secret.Annotations, AnnotationNextCAPublished)
+			published = time.Time{}
+		}
 		if err := m.client.Update(ctx, secret); apierrors.IsConflict(err) {
 			continue // another replica renewed it first: use theirs
 		} else if err != nil {
-			return nil, fmt.Errorf("updating Secret %s: %w", key, err)
+			return nil, time.Time{}, fmt.Errorf("updating Secret %s: %w", key, err)
 		}
-		return secret, nil
+		return secret, published, nil
 	}
-	return nil, fmt.Errorf("Secret %s kept changing under brokerport's feet", key)
+	return nil, time.Time{}, fmt.Errorf("Secret %s kept changing under brokerport's feet", key)
 }
 
-// needsRenewal tells whether the serving certificate (or the CA) is past its renewal time, does
-// not parse, or does not cover the configured hosts.
-func (m *Manager) needsRenewal(data map[string][]byte) bool {
-	next, err := m.nextRenewal(data)
-	if err != nil || !m.opts.Now().Before(next) {
-		return true
+// published is when the webhook configuration was first seen carrying the Secret's staged CA,
+// zero when there is none, it was never seen, or the configuration no longer carries it (it was
+// re-applied): then the grace period starts again once the bundle is patched back.
+func (m *Manager) published(ctx context.Context, secret *corev1.Secret) (time.Time, error) {
+	next := secret.Data[KeyNextCACert]
+	at, err := time.Parse(time.RFC3339Nano, secret.Annotations[AnnotationNextCAPublished])
+	if next == nil || err != nil {
+		return time.Time{}, nil
 	}
-	cert, err := parseCert(data[KeyCert])
-	return err != nil || !slices.Equal(hostsOf(cert), slices.Sorted(slices.Values(m.opts.Hosts)))
+	if m.opts.WebhookConfig == "" {
+		return at, nil
+	}
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := m.client.Get(ctx, client.ObjectKey{Name: m.opts.WebhookConfig}, mwc); err != nil {
+		return time.Time{}, fmt.Errorf("getting MutatingWebhookConfiguration %s: %w", m.opts.WebhookConfig, err)
+	}
+	for _, w := range mwc.Webhooks {
+		if !bytes.Contains(w.ClientConfig.CABundle, next) {
+			return time.Time{}, nil
+		}
+	}
+	return at, nil
 }
 
-func (m *Manager) nextRenewal(data map[string][]byte) (time.Time, error) {
+// markPublished records that the webhook configuration carries the staged CA from now on: the
+// bundle was just patched from a Secret at least as new as this one.
+func (m *Manager) markPublished(ctx context.Context, secret *corev1.Secret) (time.Time, error) {
+	now := m.opts.Now()
+	if secret.Annotations == nil {
+		secret.Annotations = map[string]string{}
+	}
+	secret.Annotations[AnnotationNextCAPublished] = now.UTC().Format(time.RFC3339Nano)
+	if err := m.client.Update(ctx, secret); err != nil {
+		return time.Time{}, fmt.Errorf("recording the caBundle's publication on Secret %s/%s: %w", secret.Namespace, secret.Name, err)
+	}
+	return now, nil
+}
+
+// renew takes the renewal step that is due, if any, and says whether the data changed: stage a
+// new CA when the current one is due; promote the staged CA once the bundle carrying it was
+// published Grace ago; renew the serving certificate when it is due, no longer matches the hosts
+// or the signing CA; drop expired CAs from the bundle. Data that cannot be read is issued anew.
+func (m *Manager) renew(old map[string][]byte, published time.Time) (map[string][]byte, bool, error) {
+	now := m.opts.Now()
+	ca, err := parseCert(old[KeyCACert])
+	if _, keyErr := parseKey(old[KeyCAKey]); err != nil || keyErr != nil || !now.Before(ca.NotAfter) {
+		data, err := m.issue(old)
+		return data, true, err
+	}
+	data := maps.Clone(old)
+	next, nextErr := parseCert(old[KeyNextCACert])
+	if _, keyErr := parseKey(old[KeyNextCAKey]); nextErr != nil || keyErr != nil {
+		next = nil
+		delete(data, KeyNextCACert)
+		delete(data, KeyNextCAKey)
+	}
+	switch {
+	case next != nil && !published.IsZero() && !now.Before(published.Add(m.opts.Grace)):
+		data[KeyCACert], data[KeyCAKey] = old[KeyNextCACert], old[KeyNextCAKey]
+		delete(data, KeyNextCACert)
+		delete(data, KeyNextCAKey)
+		ca = next
+	case next == nil && !now.Before(m.renewalTime(ca)):
+		caCert, caKey, err := newCA(now, m.opts.CALifetime)
+		if err != nil {
+			return nil, false, fmt.Errorf("issuing the next CA: %w", err)
+		}
+		data[KeyNextCACert], data[KeyNextCAKey] = caCert, caKey
+	}
+	if m.servingDue(data[KeyCert], ca) {
+		cert, key, err := newServing(now, m.opts.Lifetime, m.opts.Hosts, data[KeyCACert], data[KeyCAKey])
+		if err != nil {
+			return nil, false, fmt.Errorf("issuing the serving certificate: %w", err)
+		}
+		data[KeyCert], data[KeyKey] = cert, key
+	}
+	data[KeyCABundle] = m.bundle(now, data[KeyNextCACert], data[KeyCACert], old[KeyCABundle])
+	changed := !maps.EqualFunc(old, data, bytes.Equal)
+	return data, changed, nil
+}
+
+// servingDue tells whether the serving certificate is past its renewal time, does not parse, was
+// not signed by ca, or does not cover the configured hosts.
+func (m *Manager) servingDue(certPEM []byte, ca *x509.Certificate) bool {
+	cert, err := parseCert(certPEM)
+	return err != nil || !m.opts.Now().Before(m.renewalTime(cert)) || cert.CheckSignatureFrom(ca) != nil ||
+		!slices.Equal(hostsOf(cert), slices.Sorted(slices.Values(m.opts.Hosts)))
+}
+
+// bundle is what clients must trust: the staged CA, the current one, and the previous ones until
+// they expire, each once.
+func (m *Manager) bundle(now time.Time, next, current []byte, previous ...[]byte) []byte {
+	out := slices.Concat(next, current)
+	seen := [][]byte{bytes.TrimSpace(next), bytes.TrimSpace(current)}
+	for _, pemData := range previous {
+		for rest := pemData; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			cert, err := x509.ParseCertificate(block.Bytes)
+			encoded := pem.EncodeToMemory(block)
+			if err != nil || !now.Before(cert.NotAfter) || slices.ContainsFunc(seen, func(s []byte) bool { return bytes.Equal(s, bytes.TrimSpace(encoded)) }) {
+				continue
+			}
+			seen = append(seen, bytes.TrimSpace(encoded))
+			out = append(out, encoded...)
+		}
+	}
+	return out
+}
+
+// nextRenewal is when Ensure has something to do next: a certificate's renewal, the promotion of
+// the staged CA, or the expiry of a previous CA that then leaves the bundle.
+func (m *Manager) nextRenewal(data map[string][]byte, published time.Time) (time.Time, error) {
 	ca, err := parseCert(data[KeyCACert])
 	if err != nil {
 		return time.Time{}, fmt.Errorf("CA certificate: %w", err)
@@ -187,7 +329,22 @@ func (m *Manager) nextRenewal(data map[string][]byte) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("serving certificate: %w", err)
 	}
-	return earliest(m.renewalTime(ca), m.renewalTime(cert)), nil
+	next := m.renewalTime(cert)
+	if data[KeyNextCACert] == nil {
+		next = earliest(next, m.renewalTime(ca))
+	} else if !published.IsZero() {
+		next = earliest(next, published.Add(m.opts.Grace))
+	}
+	for rest := data[KeyCABundle]; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(block.Bytes); err == nil && !c.Equal(ca) {
+			next = earliest(next, c.NotAfter)
+		}
+	}
+	return next, nil
 }
 
 func (m *Manager) renewalTime(c *x509.Certificate) time.Time {
@@ -195,32 +352,19 @@ func (m *Manager) renewalTime(c *x509.Certificate) time.Time {
 	return c.NotBefore.Add(time.Duration(float64(life) * m.opts.RenewAt))
 }
 
-// issue makes a new serving certificate, and a new CA too when the old one is due; the previous
-// CA stays in the bundle, so that clients keep trusting the replicas not yet renewed.
+// issue makes a new CA and serving certificate at once: for a new Secret (or one that cannot be
+// read), where no client trusts anything yet. The previous CA stays in the bundle while valid.
 func (m *Manager) issue(old map[string][]byte) (map[string][]byte, error) {
 	now := m.opts.Now()
-	caCert, caKey, bundle := []byte(nil), []byte(nil), []byte(nil)
-	if old != nil {
-		if ca, err := parseCert(old[KeyCACert]); err == nil && now.Before(m.renewalTime(ca)) {
-			caCert, caKey, bundle = old[KeyCACert], old[KeyCAKey], old[KeyCABundle]
-		}
-	}
-	if caCert == nil {
-		var err error
-		if caCert, caKey, err = newCA(now, m.opts.CALifetime); err != nil {
-			return nil, fmt.Errorf("issuing the CA: %w", err)
-		}
-		bundle = caCert
-		if old != nil {
-			if prev, err := parseCert(old[KeyCACert]); err == nil && now.Before(prev.NotAfter) {
-				bundle = append(slices.Clone(caCert), old[KeyCACert]...)
-			}
-		}
+	caCert, caKey, err := newCA(now, m.opts.CALifetime)
+	if err != nil {
+		return nil, fmt.Errorf("issuing the CA: %w", err)
 	}
 	cert, key, err := newServing(now, m.opts.Lifetime, m.opts.Hosts, caCert, caKey)
 	if err != nil {
 		return nil, fmt.Errorf("issuing the serving certificate: %w", err)
 	}
+	bundle := m.bundle(now, nil, caCert, old[KeyCACert], old[KeyCABundle])
 	return map[string][]byte{KeyCACert: caCert, KeyCAKey: caKey, KeyCABundle: bundle, KeyCert: cert, KeyKey: key}, nil
 }
 
@@ -252,20 +396,27 @@ func (m *Manager) writeFiles(data map[string][]byte) error {
 	return nil
 }
 
-// patchCABundle sets the caBundle of every webhook of brokerport's MutatingWebhookConfiguration,
-// again when another replica changed it meanwhile.
-func (m *Manager) patchCABundle(ctx context.Context, bundle []byte) error {
+// patchCABundle sets the caBundle of every webhook of brokerport's MutatingWebhookConfiguration
+// to the Secret's bundle, again when another replica changed it meanwhile. The configuration is
+// read before the Secret and patched with its resourceVersion: a replica holding an older Secret
+// can then never put back a bundle without a CA that another replica staged and published.
+func (m *Manager) patchCABundle(ctx context.Context) error {
 	if m.opts.WebhookConfig == "" {
 		return nil
 	}
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return m.tryPatchCABundle(ctx, bundle) })
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return m.tryPatchCABundle(ctx) })
 }
 
-func (m *Manager) tryPatchCABundle(ctx context.Context, bundle []byte) error {
+func (m *Manager) tryPatchCABundle(ctx context.Context) error {
 	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
 	if err := m.client.Get(ctx, client.ObjectKey{Name: m.opts.WebhookConfig}, mwc); err != nil {
 		return fmt.Errorf("getting MutatingWebhookConfiguration %s: %w", m.opts.WebhookConfig, err)
 	}
+	secret := &corev1.Secret{}
+	if err := m.client.Get(ctx, client.ObjectKey{Namespace: m.opts.Namespace, Name: m.opts.SecretName}, secret); err != nil {
+		return fmt.Errorf("getting Secret %s/%s: %w", m.opts.Namespace, m.opts.SecretName, err)
+	}
+	bundle := secret.Data[KeyCABundle]
 	patch := client.MergeFromWithOptions(mwc.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	changed := false
 	for i := range mwc.Webhooks {

@@ -1,15 +1,16 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
+	"encoding/pem"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 )
 
 // clock is a settable clock shared by the managers of a test.
@@ -38,21 +40,13 @@ func (c *clock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func newCluster(t *testing.T) client.Client {
-	scheme := runtime.NewScheme()
-	require.NoError(t, clientgoscheme.AddToScheme(scheme))
-	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "brokerport"},
-		Webhooks:   []admissionregistrationv1.MutatingWebhook{{Name: "pods.brokerport.io"}, {Name: "bindings.brokerport.io"}},
-	}
-	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(mwc).Build()
-}
+func newCluster(t *testing.T) client.Client { return newClusterWith(t, interceptor.Funcs{}) }
 
 func options(dir string, c *clock) Options {
 	return Options{
 		Namespace: "brokerport-system", SecretName: "brokerport-webhook-tls", WebhookConfig: "brokerport",
 		Hosts: []string{"brokerport-webhook.brokerport-system.svc", "127.0.0.1"}, CertDir: dir,
-		CALifetime: 100 * time.Hour, Lifetime: 3 * time.Hour, Now: c.Now,
+		CALifetime: 100 * time.Hour, Lifetime: 3 * time.Hour, Grace: grace, Now: c.Now,
 	}
 }
 
@@ -118,7 +112,39 @@ func TestReplicasRacingShareOneSecret(t *testing.T) {
 	}
 }
 
-// The serving certificate is renewed, and the CA too, while requests keep flowing: none fails.
+// grace is the tests' Options.Grace, in fake time.
+const grace = 30 * time.Minute
+
+// bundleCerts parses every certificate of a PEM bundle.
+func bundleCerts(t *testing.T, bundle []byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for rest := bundle; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			return out
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		require.NoError(t, err)
+		out = append(out, c)
+	}
+}
+
+func webhookBundle(t *testing.T, c client.Client) []byte {
+	t.Helper()
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "brokerport"}, mwc))
+	return mwc.Webhooks[0].ClientConfig.CABundle
+}
+
+func contains(certs []*x509.Certificate, c *x509.Certificate) bool {
+	return slices.ContainsFunc(certs, c.Equal)
+}
+
+// The serving certificate is renewed every 2h, and the CA (at ~66h) too, while the server keeps
+// serving: every bundle an API server may still hold (any the webhook configuration carried
+// within the grace period) verifies what is served, at every step. The steps are driven one by
+// one: the clock, Ensure and the certificate reload are the test's, so nothing races.
 func TestRotationDropsNoRequest(t *testing.T) {
 	c := newCluster(t)
 	clk := &clock{now: time.Now()}
@@ -134,66 +160,135 @@ func TestRotationDropsNoRequest(t *testing.T) {
 	server := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })}
 	go server.Serve(listener)
 	defer server.Close()
+	addr := listener.Addr().String()
 
-	// The client trusts what the API server would: the caBundle of the webhook configuration,
-	// refreshed on every request, as the API server does when the configuration changes.
-	bundle := func() *x509.CertPool {
-		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "brokerport"}, mwc))
+	// request is what the API server does: a TLS handshake verifying the served certificate
+	// against the bundle, at the test's time.
+	request := func(bundle []byte) (*x509.Certificate, error) {
 		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(mwc.Webhooks[0].ClientConfig.CABundle)
-		return pool
-	}
-	addr := listener.Addr().(*net.TCPAddr).String()
-	var ok, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				httpClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: bundle(), ServerName: "127.0.0.1", Time: clk.Now}}}
-				resp, err := httpClient.Get("https://" + addr + "/")
-				if err != nil {
-					failed.Add(1)
-					t.Logf("request failed: %v", err)
-					continue
-				}
-				resp.Body.Close()
-				ok.Add(1)
-			}
-		}()
-	}
-
-	served := func() string {
-		conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
-		require.NoError(t, err)
+		pool.AppendCertsFromPEM(bundle)
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", Time: clk.Now})
+		if err != nil {
+			return nil, err
+		}
 		defer conn.Close()
-		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+		return conn.ConnectionState().PeerCertificates[0], nil
 	}
-	serials := map[string]bool{served(): true}
-	for range 40 { // 40 × 1h: serving renewed every 2h, the CA (100h) once
-		clk.Advance(time.Hour)
+	type held struct {
+		since  time.Time
+		bundle []byte
+	}
+	bundles := []held{{clk.Now(), webhookBundle(t, c)}}
+	serials, issuers := map[string]bool{}, map[string]bool{}
+	for range 110 * 4 { // 110h in steps of 15m: the CA is renewed once, and its predecessor expires
+		clk.Advance(15 * time.Minute)
 		_, err := m.Ensure(context.Background())
 		require.NoError(t, err)
 		require.NoError(t, watcher.ReadCertificate())
-		serials[served()] = true
-		time.Sleep(5 * time.Millisecond)
+		if b := webhookBundle(t, c); !bytes.Equal(b, bundles[len(bundles)-1].bundle) {
+			bundles = append(bundles, held{clk.Now(), b})
+		}
+		for i, h := range bundles {
+			if i+1 < len(bundles) && !bundles[i+1].since.Add(grace).After(clk.Now()) {
+				continue // replaced more than the grace period ago: no API server holds it
+			}
+			served, err := request(h.bundle)
+			require.NoError(t, err, "at %s, with the bundle of %s", clk.Now(), h.since)
+			serials[served.SerialNumber.String()] = true
+			issuers[string(served.AuthorityKeyId)] = true
+		}
 	}
-	close(stop)
-	wg.Wait()
-	assert.Zero(t, failed.Load(), "requests failed during rotation")
-	assert.Positive(t, ok.Load(), "requests flowed during the rotation")
-	assert.GreaterOrEqual(t, len(serials), 15, "the serving certificate was renewed")
+	assert.GreaterOrEqual(t, len(serials), 50, "the serving certificate was renewed")
+	assert.Len(t, issuers, 2, "the CA was renewed")
 }
 
-func TestCARenewalKeepsThePreviousCAInTheBundle(t *testing.T) {
+// The order of a CA renewal: at every moment (before each caBundle patch and after each Ensure)
+// the certificate in the cert directory verifies against the webhook configuration's bundle; the
+// first certificate signed by the new CA is written only when the bundle carries both the old
+// and the new CA, and has carried the new one for the grace period.
+func TestCARenewalOrder(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	dir := t.TempDir()
+	served := func() *x509.Certificate {
+		data, err := os.ReadFile(filepath.Join(dir, KeyCert))
+		if os.IsNotExist(err) {
+			return nil
+		}
+		require.NoError(t, err)
+		cert, err := parseCert(data)
+		require.NoError(t, err)
+		return cert
+	}
+	// inBundleSince is when each CA (by subject key) was first seen in the webhook configuration.
+	inBundleSince := map[string]time.Time{}
+	verify := func(when string, bundle []byte) {
+		cert := served()
+		if cert == nil {
+			return
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(bundle)
+		_, err := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: clk.Now()})
+		require.NoError(t, err, "%s at %s: the served certificate does not verify against the caBundle", when, clk.Now())
+	}
+	var c client.Client
+	c = newClusterWith(t, interceptor.Funcs{Patch: func(ctx context.Context, cl client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+		if _, ok := obj.(*admissionregistrationv1.MutatingWebhookConfiguration); ok {
+			verify("before a caBundle patch", webhookBundle(t, cl))
+		}
+		if err := cl.Patch(ctx, obj, patch, opts...); err != nil {
+			return err
+		}
+		if _, ok := obj.(*admissionregistrationv1.MutatingWebhookConfiguration); ok {
+			for _, ca := range bundleCerts(t, webhookBundle(t, cl)) {
+				if _, seen := inBundleSince[string(ca.SubjectKeyId)]; !seen {
+					inBundleSince[string(ca.SubjectKeyId)] = clk.Now()
+				}
+			}
+		}
+		return nil
+	}})
+	m := NewManager(c, options(dir, clk))
+	_, err := m.Ensure(context.Background())
+	require.NoError(t, err)
+	first := served()
+
+	switched := false
+	for range 80 * 12 { // 80h in steps of 5m: the CA (100h) is renewed at ~66h
+		clk.Advance(5 * time.Minute)
+		_, err := m.Ensure(context.Background())
+		require.NoError(t, err)
+		bundle := webhookBundle(t, c)
+		verify("after Ensure", bundle)
+		cert := served()
+		if switched || bytes.Equal(cert.AuthorityKeyId, first.AuthorityKeyId) {
+			continue
+		}
+		switched = true
+		cas := bundleCerts(t, bundle)
+		require.Len(t, cas, 2, "the bundle carries the old and the new CA when the new CA's first certificate is served")
+		assert.Equal(t, cert.AuthorityKeyId, cas[0].SubjectKeyId, "the new CA")
+		assert.Equal(t, first.AuthorityKeyId, cas[1].SubjectKeyId, "the old CA")
+		since := inBundleSince[string(cert.AuthorityKeyId)]
+		assert.False(t, since.IsZero())
+		assert.GreaterOrEqual(t, clk.Now().Sub(since), grace, "the new CA was in the bundle for the grace period before it signed what is served")
+	}
+	assert.True(t, switched, "the CA was renewed")
+}
+
+func newClusterWith(t *testing.T, funcs interceptor.Funcs) client.Client {
+	scheme := runtime.NewScheme()
+	require.NoError(t, clientgoscheme.AddToScheme(scheme))
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "brokerport"},
+		Webhooks:   []admissionregistrationv1.MutatingWebhook{{Name: "pods.brokerport.io"}, {Name: "bindings.brokerport.io"}},
+	}
+	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(mwc).WithInterceptorFuncs(funcs).Build()
+}
+
+// The steps of a CA renewal, one Ensure at a time: staged (in the bundle, not signing), promoted
+// after the grace period (the previous CA kept), and the previous CA dropped once it expires.
+func TestCARenewalSteps(t *testing.T) {
 	c := newCluster(t)
 	clk := &clock{now: time.Now()}
 	m := NewManager(c, options(t.TempDir(), clk))
@@ -201,12 +296,79 @@ func TestCARenewalKeepsThePreviousCAInTheBundle(t *testing.T) {
 	require.NoError(t, err)
 	before := secretData(t, c)
 
-	clk.Advance(70 * time.Hour) // past 2/3 of the CA's 100h (backdated 10h)
+	clk.Advance(70 * time.Hour) // past 2/3 of the CA's 100h (backdated 1h)
+	next, err := m.Ensure(context.Background())
+	require.NoError(t, err)
+	staged := secretData(t, c)
+	assert.Equal(t, before[KeyCACert], staged[KeyCACert], "the current CA still signs")
+	require.NotNil(t, staged[KeyNextCACert], "a new CA is staged")
+	assert.Equal(t, slices.Concat(staged[KeyNextCACert], before[KeyCACert]), staged[KeyCABundle])
+	assert.Equal(t, staged[KeyCABundle], webhookBundle(t, c), "and published")
+	cert, err := parseCert(staged[KeyCert])
+	require.NoError(t, err)
+	require.NoError(t, cert.CheckSignatureFrom(mustParse(t, before[KeyCACert])), "the serving certificate is still the old CA's")
+	assert.Equal(t, clk.Now().Add(grace), next, "Ensure is due again when the grace period ends")
+
+	clk.Advance(grace - time.Second)
 	_, err = m.Ensure(context.Background())
 	require.NoError(t, err)
-	after := secretData(t, c)
-	assert.NotEqual(t, before[KeyCACert], after[KeyCACert], "CA renewed")
-	assert.Equal(t, append(append([]byte{}, after[KeyCACert]...), before[KeyCACert]...), after[KeyCABundle])
+	assert.Equal(t, before[KeyCACert], secretData(t, c)[KeyCACert], "not promoted before the grace period ends")
+
+	clk.Advance(time.Second)
+	_, err = m.Ensure(context.Background())
+	require.NoError(t, err)
+	promoted := secretData(t, c)
+	assert.Equal(t, staged[KeyNextCACert], promoted[KeyCACert], "promoted")
+	assert.Nil(t, promoted[KeyNextCACert])
+	assert.Equal(t, staged[KeyCABundle], promoted[KeyCABundle], "the previous CA stays in the bundle")
+	cert, err = parseCert(promoted[KeyCert])
+	require.NoError(t, err)
+	require.NoError(t, cert.CheckSignatureFrom(mustParse(t, promoted[KeyCACert])), "a new serving certificate from the new CA")
+
+	clk.Advance(31 * time.Hour) // past the previous CA's NotAfter (start + 100h)
+	_, err = m.Ensure(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, promoted[KeyCACert], secretData(t, c)[KeyCABundle], "the expired CA left the bundle")
+	assert.Equal(t, promoted[KeyCACert], webhookBundle(t, c))
+}
+
+// When the webhook configuration loses the staged CA (re-applied from the manifests), the bundle
+// is patched back and the grace period starts again.
+func TestCARenewalWaitsForTheBundleAgain(t *testing.T) {
+	c := newCluster(t)
+	clk := &clock{now: time.Now()}
+	m := NewManager(c, options(t.TempDir(), clk))
+	_, err := m.Ensure(context.Background())
+	require.NoError(t, err)
+	clk.Advance(70 * time.Hour)
+	_, err = m.Ensure(context.Background())
+	require.NoError(t, err)
+	current := secretData(t, c)[KeyCACert]
+
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "brokerport"}, mwc))
+	for i := range mwc.Webhooks {
+		mwc.Webhooks[i].ClientConfig.CABundle = nil
+	}
+	require.NoError(t, c.Update(context.Background(), mwc))
+
+	clk.Advance(grace)
+	_, err = m.Ensure(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, current, secretData(t, c)[KeyCACert], "not promoted: the bundle was just patched back")
+	assert.Equal(t, secretData(t, c)[KeyCABundle], webhookBundle(t, c))
+
+	clk.Advance(grace)
+	_, err = m.Ensure(context.Background())
+	require.NoError(t, err)
+	assert.NotEqual(t, current, secretData(t, c)[KeyCACert], "promoted a grace period after")
+}
+
+func mustParse(t *testing.T, data []byte) *x509.Certificate {
+	t.Helper()
+	c, err := parseCert(data)
+	require.NoError(t, err)
+	return c
 }
 
 func secretData(t *testing.T, c client.Client) map[string][]byte {

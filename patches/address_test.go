@@ -31,13 +31,19 @@ func TestSelectAddress(t *testing.T) {
 	)
 	tmpl, err := ParseHostTemplate("{{.Node}}.{{.Zone}}.nodes.example.com")
 	require.NoError(t, err)
+	nodeOnly, err := ParseHostTemplate("{{.Node}}.nodes.example.com")
+	require.NoError(t, err)
+
+	zoneLess := node("n4", "", addr(corev1.NodeInternalIP, "10.0.0.4"), addr(corev1.NodeExternalIP, "203.0.113.4"))
+	badZone := node("n6", "zone_a", addr(corev1.NodeInternalIP, "10.0.0.6"))
 
 	tests := map[string]struct {
-		node     *corev1.Node
-		types    []corev1.NodeAddressType
-		template *HostTemplate
-		want     string
-		wantErr  string
+		node         *corev1.Node
+		types        []corev1.NodeAddressType
+		template     *HostTemplate
+		want         string
+		wantFallback string
+		wantErr      string
 	}{
 		"ExternalDNS first":                    {node: all, types: DefaultAddressTypes, want: "n1.example.com"},
 		"ExternalIP":                           {node: all, types: []corev1.NodeAddressType{corev1.NodeExternalIP}, want: "203.0.113.1"},
@@ -54,9 +60,26 @@ func TestSelectAddress(t *testing.T) {
 			types: DefaultAddressTypes, want: "10.0.0.3",
 		},
 		"template wins over addresses": {node: all, types: DefaultAddressTypes, template: tmpl, want: "n1.z1.nodes.example.com"},
-		"template giving no valid host": {
-			node: node("n4", ""), template: tmpl,
-			wantErr: `template "{{.Node}}.{{.Zone}}.nodes.example.com" gives "n4..nodes.example.com" for node "n4", which is neither a DNS name nor an IP address`,
+		"template without zone on a zone-less node": {
+			node: zoneLess, types: DefaultAddressTypes, template: nodeOnly, want: "n4.nodes.example.com",
+		},
+		// Rendering {{.Zone}} as "" would give n4..nodes.example.com (refused) or, for
+		// {{.Node}}{{.Zone}}.example.com, a valid but wrong host: the node's address is used instead.
+		"zone-less node falls back to its address by preference": {
+			node: zoneLess, types: DefaultAddressTypes, template: tmpl, want: "203.0.113.4",
+			wantFallback: `node "n4" has no topology.kubernetes.io/zone label, which brokerport.io/host-template uses; using its ExternalIP 203.0.113.4 instead`,
+		},
+		"zone-less node falls back in the annotation's order": {
+			node: zoneLess, types: []corev1.NodeAddressType{corev1.NodeInternalIP}, template: tmpl, want: "10.0.0.4",
+			wantFallback: `node "n4" has no topology.kubernetes.io/zone label, which brokerport.io/host-template uses; using its InternalIP 10.0.0.4 instead`,
+		},
+		"a zone that makes no DNS name falls back": {
+			node: badZone, types: DefaultAddressTypes, template: tmpl, want: "10.0.0.6",
+			wantFallback: `brokerport.io/host-template gives "n6.zone_a.nodes.example.com" for node "n6", which is neither an IP address nor a DNS name: '_' is not a letter, digit, '-' or '.'; using its InternalIP 10.0.0.6 instead`,
+		},
+		"zone-less node without an accepted address": {
+			node: node("n7", "", addr(corev1.NodeInternalIP, "10.0.0.7")), types: []corev1.NodeAddressType{corev1.NodeExternalIP}, template: tmpl,
+			wantErr: `node "n7" has no topology.kubernetes.io/zone label, which brokerport.io/host-template uses, and it has no address of the accepted types [ExternalIP] either (it has [InternalIP=10.0.0.7])`,
 		},
 		"none of the accepted types": {
 			node:    node("n5", "", addr(corev1.NodeInternalIP, "10.0.0.5")),
@@ -73,6 +96,7 @@ func TestSelectAddress(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tc.want, got.Host)
+			assert.Equal(t, tc.wantFallback, got.Fallback)
 			assert.Equal(t, tc.node.Name, got.Node)
 			assert.Equal(t, tc.node.Labels[LabelZone], got.Zone)
 		})

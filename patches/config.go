@@ -60,6 +60,18 @@ const (
 
 var securityProtocols = []string{"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 
+// maxEchoed is how much of a user-written value a denial repeats (see clip).
+const maxEchoed = 64
+
+// clipPart is clip for a part of a value that the detail repeats after the value itself: a part
+// of a usual size in full, a longer one as a stub, so that an error stays under 300 bytes.
+func clipPart(s string) string {
+	if c := clip(s, 32); c == s {
+		return s
+	}
+	return clip(s, 12)
+}
+
 // Options are brokerport's cluster-wide settings (flags of `serve` and `render`).
 type Options struct {
 	// PortRange is where port blocks are allocated.
@@ -69,11 +81,14 @@ type Options struct {
 	// GateImage, when set, is the image of the init container that holds a broker back until its
 	// host annotation is present.
 	GateImage string
+	// GateResources are the gate's requests and limits: a namespace whose ResourceQuota covers
+	// cpu or memory refuses every container that declares none.
+	GateResources corev1.ResourceRequirements
 }
 
 // DefaultOptions returns the settings brokerport runs with when no flag changes them.
 func DefaultOptions() Options {
-	return Options{PortRange: DefaultPortRange, AddressTypes: slices.Clone(DefaultAddressTypes)}
+	return Options{PortRange: DefaultPortRange, AddressTypes: slices.Clone(DefaultAddressTypes), GateResources: GateResources(DefaultGateCPU, DefaultGateMemory)}
 }
 
 // Config is one StatefulSet's brokerport configuration, read from its annotations.
@@ -118,14 +133,16 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 		cfg.AddressTypes = DefaultAddressTypes
 	}
 	var errs field.ErrorList
+	// Annotation values are of any size (up to the API server's 256 kB, several MB in render):
+	// a denial repeats only their start, so that it stays short.
 	invalid := func(key, value, detail string) {
-		errs = append(errs, field.Invalid(path.Key(key), value, detail))
+		errs = append(errs, field.Invalid(path.Key(key), clip(value, maxEchoed), detail))
 	}
 
 	if v, ok := annotations[AnnotationListeners]; ok {
 		listeners, err := parseListeners(v)
 		if err != nil {
-			invalid(AnnotationListeners, v, err.Error()+`; want name=containerPort pairs separated by commas, e.g. "kafka=9094,http=8083"`)
+			invalid(AnnotationListeners, v, err.Error())
 		} else {
 			cfg.Listeners = listeners
 		}
@@ -157,14 +174,14 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 	if v, ok := annotations[AnnotationHostTemplate]; ok {
 		tmpl, err := ParseHostTemplate(v)
 		if err != nil {
-			invalid(AnnotationHostTemplate, v, err.Error())
+			invalid(AnnotationHostTemplate, v, err.Error()+"; e.g. {{.Node}}.nodes.example.com")
 		} else {
 			cfg.HostTemplate = tmpl
 		}
 	}
 	if v, ok := annotations[AnnotationAdvertiseEnv]; ok {
 		if msgs := validation.IsEnvVarName(v); len(msgs) > 0 || strings.HasPrefix(v, EnvPrefix) {
-			invalid(AnnotationAdvertiseEnv, v, "must name an environment variable of the broker container (letters, digits, '_', not starting with a digit) that is not brokerport's own BROKERPORT_*")
+			invalid(AnnotationAdvertiseEnv, v, "must name an environment variable of the broker container (letters, digits and '_', not starting with a digit), not brokerport's own BROKERPORT_*")
 		} else {
 			cfg.AdvertiseEnv = v
 		}
@@ -218,14 +235,14 @@ func parseListeners(v string) ([]Listener, error) {
 	for _, item := range strings.Split(v, ",") {
 		name, portText, ok := strings.Cut(strings.TrimSpace(item), "=")
 		if !ok {
-			return nil, fmt.Errorf("%q has no '='", item)
+			return nil, fmt.Errorf(`%q has no '='; want name=containerPort pairs separated by commas, e.g. "kafka=9094,http=8083"`, clipPart(item))
 		}
 		if msgs := validation.IsValidPortName(name); len(msgs) > 0 {
-			return nil, fmt.Errorf("listener name %q is not a valid port name (at most 15 lower-case letters, digits and '-', with a letter)", name)
+			return nil, fmt.Errorf("listener name %q is not a valid port name (at most 15 lower-case letters, digits and '-', with a letter)", clipPart(name))
 		}
 		port, err := strconv.ParseInt(portText, 10, 32)
 		if err != nil || port < 1 || port > 65535 {
-			return nil, fmt.Errorf("listener %q: containerPort %q is not a port number from 1 to 65535", name, portText)
+			return nil, fmt.Errorf("listener %q: containerPort %q is not a port number from 1 to 65535", name, clipPart(portText))
 		}
 		for _, seen := range out {
 			if seen.Name == name {
@@ -245,7 +262,7 @@ func parseAddressTypes(v string) ([]corev1.NodeAddressType, error) {
 	for _, item := range strings.Split(v, ",") {
 		t := corev1.NodeAddressType(strings.TrimSpace(item))
 		if !slices.Contains(DefaultAddressTypes, t) {
-			return nil, fmt.Errorf("%q is not a node address type; accepted, in any order: ExternalDNS, ExternalIP, InternalDNS, InternalIP, Hostname", item)
+			return nil, fmt.Errorf("%q is not a node address type; accepted, in any order: ExternalDNS, ExternalIP, InternalDNS, InternalIP, Hostname", clipPart(item))
 		}
 		if slices.Contains(out, t) {
 			return nil, fmt.Errorf("%q is listed twice", item)

@@ -1,6 +1,8 @@
 package patches
 
 import (
+	"net/netip"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -164,6 +166,51 @@ func FuzzMutateService(f *testing.F) {
 		again := svc.DeepCopy()
 		if errs := MutateService(again, sts, DefaultOptions()); len(errs) > 0 || !apiequality.Semantic.DeepEqual(svc, again) {
 			t.Fatalf("not idempotent: %v", errs)
+		}
+	})
+}
+
+// FuzzHostTemplate: parsing never panics and costs the same whatever the text (a bounded
+// number of allocations, the text's length bounded); whatever parses gives, for any node, a valid
+// host or an error, never something else, and allocates only that host.
+func FuzzHostTemplate(f *testing.F) {
+	f.Add("{{.Node}}.nodes.example.com", "node-1", "zone-a")
+	f.Add("{{ .Node }}.{{.Zone}}.example.com", "ip-10-0-0-1.ec2.internal", "us-east-1a")
+	f.Add("{{range 3000000}}abcdefghij{{end}}", "n", "z")
+	f.Add("{{.Node", "n", "")
+	f.Add("{{.Zone}}", "n", "2001:db8::1")
+	f.Add("a}}{{{{.Node}}}}", "n", "z")
+	f.Fuzz(func(t *testing.T, text, nodeName, zone string) {
+		tmpl, err := ParseHostTemplate(text)
+		if err != nil {
+			if len(err.Error()) > 300 {
+				t.Fatalf("an error of %d bytes", len(err.Error()))
+			}
+			return
+		}
+		if len(text) > MaxHostTemplateLen {
+			t.Fatalf("accepted %d bytes", len(text))
+		}
+		if len(tmpl.parts) > len(text)+1 {
+			t.Fatalf("%d parts from %d bytes", len(tmpl.parts), len(text))
+		}
+		host, err := tmpl.Execute(HostData{Node: nodeName, Zone: zone})
+		if err != nil {
+			if len(err.Error()) > 300 {
+				t.Fatalf("an error of %d bytes", len(err.Error()))
+			}
+			return
+		}
+		if len(host) > MaxHostLen {
+			t.Fatalf("a host of %d characters", len(host))
+		}
+		if _, ipErr := netip.ParseAddr(host); ipErr != nil && len(validation.IsDNS1123Subdomain(strings.ToLower(host))) > 0 {
+			t.Fatalf("%q is neither an IP address nor a DNS name", host)
+		}
+		for label := range strings.SplitSeq(host, ".") {
+			if len(label) > 63 && !strings.Contains(host, ":") {
+				t.Fatalf("%q has a label longer than 63", host)
+			}
 		}
 	})
 }

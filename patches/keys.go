@@ -65,3 +65,18 @@ const (
 // EnvPrefix is reserved: every variable of a broker container whose name starts with it is
 // brokerport's, and is rewritten on each mutation.
 const EnvPrefix = "BROKERPORT_"
+
+// EditedConfig lists the configuration annotations whose value on a pod differs from its
+// StatefulSet's: the pod predates a change of the StatefulSet, or someone edited it. brokerport
+// reads neither: what it publishes and repairs comes from the StatefulSet.
+func EditedConfig(pod, sts map[string]string) []string {
+	var keys []string
+	for _, key := range configAnnotations {
+		podValue, onPod := pod[key]
+		stsValue, onSTS := sts[key]
+		if onPod != onSTS || podValue != stsValue {
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}

@@ -2,6 +2,7 @@ package patches
 
 import (
 	"fmt"
+	"iter"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,6 +62,9 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 	if !IsExposed(pod.Labels) {
 		return nil
 	}
+	if err := checkHostNetwork(&pod.Spec, field.NewPath("spec")); err != nil {
+		return field.ErrorList{err}
+	}
 	broker, errs := BrokerOf(pod, opts)
 	if len(errs) > 0 {
 		return errs
@@ -88,7 +92,7 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 		}
 	}
 	if opts.GateImage != "" {
-		addGate(pod, opts.GateImage)
+		addGate(pod, opts.GateImage, opts.GateResources)
 	}
 
 	if pod.Spec.NodeName != "" {
@@ -167,26 +171,73 @@ func setHostPorts(pod *corev1.Pod, ci int, broker Broker) *field.Error {
 	return nil
 }
 
+// hostNetworkDetail says why an exposed broker cannot have hostNetwork, and the ways out.
+const hostNetworkDetail = "brokerport gives each broker its own node port by mapping a hostPort to the listener's containerPort, " +
+	"which hostNetwork rules out (the broker binds the node's ports itself): remove hostNetwork, or the StatefulSet's " + LabelExpose + " label"
+
+// checkHostNetwork refuses an exposed pod (or pod template, under path) with hostNetwork: the
+// API server would otherwise refuse brokerport's hostPort, or brokerport the hostPort the API
+// server defaults under hostNetwork, each with a message that hides the cause.
+func checkHostNetwork(spec *corev1.PodSpec, path *field.Path) *field.Error {
+	if spec.HostNetwork {
+		return field.Forbidden(path.Child("hostNetwork"), hostNetworkDetail)
+	}
+	return nil
+}
+
+// portEntry is one port of a container that runs beside the broker.
+type portEntry struct {
+	list      string // "containers" or "initContainers"
+	container int    // index in list
+	port      int    // index in the container's ports
+	corev1.ContainerPort
+}
+
+func (p portEntry) path() *field.Path {
+	return field.NewPath("spec", p.list).Index(p.container).Child("ports").Index(p.port)
+}
+
+// runningPorts are the ports of every container that runs beside the broker: the containers and
+// the native sidecars (init containers with restartPolicy: Always). Plain init containers have
+// ended before the broker starts.
+func runningPorts(pod *corev1.Pod) iter.Seq[portEntry] {
+	return func(yield func(portEntry) bool) {
+		for ci, c := range pod.Spec.Containers {
+			for pi, p := range c.Ports {
+				if !yield(portEntry{"containers", ci, pi, p}) {
+					return
+				}
+			}
+		}
+		for ci, c := range pod.Spec.InitContainers {
+			if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+				continue
+			}
+			for pi, p := range c.Ports {
+				if !yield(portEntry{"initContainers", ci, pi, p}) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // hostPortOwner finds a port entry, other than the broker's own entry for the listener, that
 // already uses hostPort.
 func hostPortOwner(pod *corev1.Pod, brokerIndex int, containerPort, hostPort int32) (*field.Path, bool) {
-	for ci, c := range pod.Spec.Containers {
-		for pi, p := range c.Ports {
-			own := ci == brokerIndex && p.ContainerPort == containerPort && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP)
-			if p.HostPort == hostPort && !own {
-				return field.NewPath("spec", "containers").Index(ci).Child("ports").Index(pi).Child("hostPort"), true
-			}
+	for p := range runningPorts(pod) {
+		own := p.list == "containers" && p.container == brokerIndex && p.ContainerPort.ContainerPort == containerPort && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP)
+		if p.HostPort == hostPort && !own {
+			return p.path().Child("hostPort"), true
 		}
 	}
 	return nil, false
 }
 
 func portNameOwner(pod *corev1.Pod, name string) (*field.Path, bool) {
-	for ci, c := range pod.Spec.Containers {
-		for pi, p := range c.Ports {
-			if p.Name == name {
-				return field.NewPath("spec", "containers").Index(ci).Child("ports").Index(pi).Child("name"), true
-			}
+	for p := range runningPorts(pod) {
+		if p.Name == name {
+			return p.path().Child("name"), true
 		}
 	}
 	return nil, false

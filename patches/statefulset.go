@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
@@ -30,6 +31,9 @@ func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) fie
 
 	annotationsPath := field.NewPath("metadata", "annotations")
 	cfg, errs := ParseConfig(sts.Annotations, annotationsPath, opts)
+	if err := checkHostNetwork(&sts.Spec.Template.Spec, field.NewPath("spec", "template", "spec")); err != nil {
+		errs = append(errs, err)
+	}
 	if msgs := validation.IsValidLabelValue(sts.Name); len(msgs) > 0 {
 		errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), sts.Name, "brokerport labels broker pods with the StatefulSet's name, so it must be a valid label value: "+strings.Join(msgs, "; ")))
 	}
@@ -54,13 +58,17 @@ func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) fie
 	return nil
 }
 
+// OriginPortRangeExhausted marks the error of a StatefulSet refused because no block is free, for
+// which the webhook also records a Warning Event.
+const OriginPortRangeExhausted = "brokerport/port-range-exhausted"
+
 // assignPortBlock gives the StatefulSet the lowest free block, or checks the one it has: an
 // explicit port base is validated, never moved.
 func assignPortBlock(sts *appsv1.StatefulSet, cfg *Config, inUse PortSet, opts Options, path *field.Path) *field.Error {
 	if cfg.PortBase == 0 {
 		base, err := AllocateBlock(inUse, opts.PortRange, cfg.BlockSize())
 		if err != nil {
-			return field.Forbidden(path, err.Error())
+			return field.Forbidden(path, err.Error()).WithOrigin(OriginPortRangeExhausted)
 		}
 		cfg.PortBase = base
 		sts.Annotations = setKey(sts.Annotations, AnnotationPortBase, strconv.Itoa(int(base)))
@@ -79,7 +87,13 @@ func assignPortBlock(sts *appsv1.StatefulSet, cfg *Config, inUse PortSet, opts O
 
 // CheckReplicas refuses more brokers than the StatefulSet's block holds.
 func CheckReplicas(sts *appsv1.StatefulSet, cfg Config) *field.Error {
-	if last := lastOrdinal(sts); last >= cfg.MaxBrokers {
+	last := lastOrdinal(sts)
+	if last >= maxBrokersLimit {
+		return field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
+			"broker ordinal %d (spec.ordinals.start + spec.replicas - 1) is past the %d brokers any port block can hold (%s); lower spec.ordinals.start or spec.replicas",
+			last, maxBrokersLimit, AnnotationMaxBrokers))
+	}
+	if last >= int64(cfg.MaxBrokers) {
 		return field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
 			"broker ordinal %d would be past the %d brokers the port block %s holds; raise %s and remove %s so that a larger block is assigned (the brokers roll onto new ports)",
 			last, cfg.MaxBrokers, cfg.Block(), AnnotationMaxBrokers, AnnotationPortBase))
@@ -87,16 +101,28 @@ func CheckReplicas(sts *appsv1.StatefulSet, cfg Config) *field.Error {
 	return nil
 }
 
-// lastOrdinal is the highest broker ordinal the StatefulSet asks for.
-func lastOrdinal(sts *appsv1.StatefulSet) int32 {
-	replicas, start := int32(1), int32(0)
+// maxBrokersLimit is the largest brokerport.io/max-brokers (ParseConfig's bound).
+const maxBrokersLimit = 1000
+
+// lastOrdinal is the highest broker ordinal the StatefulSet asks for, in int64: ordinals.start
+// and replicas are each up to MaxInt32, and their sum wrapped around in int32 would pass the
+// max-brokers check.
+func lastOrdinal(sts *appsv1.StatefulSet) int64 {
+	replicas, start := int64(1), int64(0)
 	if sts.Spec.Replicas != nil {
-		replicas = *sts.Spec.Replicas
+		replicas = int64(*sts.Spec.Replicas)
 	}
 	if sts.Spec.Ordinals != nil {
-		start = sts.Spec.Ordinals.Start
+		start = int64(sts.Spec.Ordinals.Start)
 	}
 	return start + replicas - 1
+}
+
+// StripPod takes brokerport's labels and annotations out of a pod, as a StatefulSet's opt-out
+// takes them out of its template.
+func StripPod(pod *corev1.Pod) {
+	maps.DeleteFunc(pod.Labels, func(k, _ string) bool { return IsBrokerportKey(k) })
+	maps.DeleteFunc(pod.Annotations, func(k, _ string) bool { return IsBrokerportKey(k) })
 }
 
 // IsBrokerportKey tells whether a label or annotation key is one of brokerport's.

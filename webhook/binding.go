@@ -144,8 +144,15 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 		return h.withoutAddress(ctx, req, pod, fmt.Errorf("node %q is not in brokerport's cache yet", binding.Target.Name))
 	}
 	mutated := binding.DeepCopy()
-	if _, err := patches.MutateBinding(mutated, pod, node, h.opts); err != nil {
+	addr, err := patches.MutateBinding(mutated, pod, node, h.opts)
+	if err != nil {
 		return h.withoutAddress(ctx, req, pod, err)
+	}
+	if addr.Fallback != "" && (req.DryRun == nil || !*req.DryRun) {
+		if pod.Namespace == "" {
+			pod.Namespace = req.Namespace
+		}
+		h.events.Eventf(pod, nil, corev1.EventTypeWarning, "HostTemplateFallback", "Bind", "broker %s: %s; fix the node's labels or %s on StatefulSet %s", pod.Name, addr.Fallback, patches.AnnotationHostTemplate, cluster)
 	}
 	return patchResponse(binding, mutated, "the Binding already carries the address")
 }

@@ -19,9 +19,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -30,6 +32,7 @@ import (
 	"github.com/brokerport/brokerport/webhook"
 	"github.com/brokerport/brokerport/webhook/controller"
 	"github.com/brokerport/brokerport/webhook/gate"
+	"github.com/brokerport/brokerport/webhook/matchconditions"
 	"github.com/brokerport/brokerport/webhook/render"
 )
 
@@ -92,13 +95,28 @@ func optionFlags(fs *flag.FlagSet) func() (patches.Options, error) {
 	}
 }
 
+// gateResources checks the gate's quantities before patches.GateResources parses them.
+func gateResources(cpu, memory string) (corev1.ResourceRequirements, error) {
+	if _, err := resource.ParseQuantity(cpu); err != nil {
+		return corev1.ResourceRequirements{}, fmt.Errorf("--gate-cpu %q: %w", cpu, err)
+	}
+	if _, err := resource.ParseQuantity(memory); err != nil {
+		return corev1.ResourceRequirements{}, fmt.Errorf("--gate-memory %q: %w", memory, err)
+	}
+	return patches.GateResources(cpu, memory), nil
+}
+
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	certDir := fs.String("cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key (reloaded when they change)")
 	port := fs.Int("port", 9443, "webhook listener port")
-	metricsAddr := fs.String("metrics-bind-address", ":8080", "Prometheus metrics address (0 to disable)")
+	metricsAddr := fs.String("metrics-bind-address", ":8443", "Prometheus metrics address (0 to disable)")
+	metricsSecure := fs.Bool("metrics-secure", true, "serve metrics over HTTPS (self-signed) to callers the API server authenticates (TokenReview) and authorizes to get /metrics (SubjectAccessReview; ClusterRole brokerport-metrics-reader); false: plain HTTP, open to anyone who reaches the port")
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "/healthz and /readyz address")
 	gateImage := fs.String("gate-image", "", "image of the init container that holds a broker back until its host is set (brokerport's own image); empty: no gate")
+	gateCPU := fs.String("gate-cpu", patches.DefaultGateCPU, "cpu request and limit of the gate init container")
+	gateMemory := fs.String("gate-memory", patches.DefaultGateMemory, "memory request and limit of the gate init container")
+	bindingConditions := fs.Bool("binding-match-conditions", true, "keep the binding webhook's matchConditions equal to the opted-in StatefulSets, so that the API server calls brokerport for brokers' bindings only")
 	leaderElect := fs.Bool("leader-elect", true, "run the companion controller only in the elected replica")
 	namespace := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "brokerport's own namespace: the leader election Lease and the self-managed certificate Secret (default: $POD_NAMESPACE)")
 	selfManagedCerts := fs.Bool("self-managed-certs", false, "issue, share (Secret --cert-secret), write (--cert-dir), inject (--webhook-config) and renew the webhook's certificates, for clusters without cert-manager")
@@ -116,13 +134,16 @@ func serve(args []string) error {
 		return err
 	}
 	opts.GateImage = *gateImage
+	if opts.GateResources, err = gateResources(*gateCPU, *gateMemory); err != nil {
+		return err
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
 	scheme := webhook.Scheme()
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
 		Cache:                   webhook.CacheOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		Metrics:                 metricsOptions(*metricsAddr, *metricsSecure),
 		HealthProbeBindAddress:  *probeAddr,
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "brokerport-controller",
@@ -170,15 +191,20 @@ func serve(args []string) error {
 	if _, err := stsInformer.AddEventHandler(clusters.EventHandler()); err != nil {
 		return fmt.Errorf("watching StatefulSets: %w", err)
 	}
-	snapshot := webhook.ReaderSnapshot{Reader: mgr.GetCache(), Options: opts}
+	snapshot := webhook.ReaderSnapshot{Reader: mgr.GetCache(), Live: mgr.GetAPIReader(), Options: opts}
 	recorder := mgr.GetEventRecorder("brokerport")
-	webhook.Register(mgr.GetWebhookServer(), scheme, snapshot, opts)
+	webhook.Register(mgr.GetWebhookServer(), scheme, snapshot, recorder, opts)
 	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
 		webhook.NewBindingHandler(scheme, clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
 
 	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
+	}
+	if *bindingConditions {
+		if err := matchconditions.Setup(mgr, matchconditions.Options{WebhookConfig: *webhookConfig}); err != nil {
+			return fmt.Errorf("setting up the matchConditions controller: %w", err)
+		}
 	}
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
@@ -198,6 +224,18 @@ func serve(args []string) error {
 		return err
 	}
 	return mgr.Start(ctx)
+}
+
+// metricsOptions serves metrics over HTTPS behind the API server's authentication and
+// authorization unless secure is false.
+func metricsOptions(addr string, secure bool) metricsserver.Options {
+	opts := metricsserver.Options{BindAddress: addr}
+	if secure {
+		opts.SecureServing = true
+		opts.FilterProvider = filters.WithAuthenticationAndAuthorization
+		opts.TLSOpts = webhook.TLSOptions()
+	}
+	return opts
 }
 
 func startInformers(ctx context.Context, mgr ctrl.Manager) error {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,10 @@ type Reconciler struct {
 	API     client.Reader
 	Events  events.EventRecorder
 	Options patches.Options
+
+	// edited remembers, per pod UID, the edited annotations already reported, so that each
+	// edit is said once.
+	edited sync.Map
 }
 
 // SetupWithManager watches StatefulSets, their brokers, Services and ConfigMap, and the nodes
@@ -146,6 +151,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		states = append(states, patches.ObserveBroker(cfg, sts.Name, ordinal, facts))
 	}
+	r.reportEdited(sts, brokers)
 	repairErr := r.repair(ctx, sts, cfg, brokers, nodes)
 	if err := r.publish(ctx, sts, cfg, states); err != nil {
 		return reconcile.Result{}, errors.Join(repairErr, err)
@@ -158,6 +164,24 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{RequeueAfter: blockedRetry}, nil
 	}
 	return reconcile.Result{}, nil
+}
+
+// reportEdited says, once per pod and edit, that configuration annotations of a broker pod that
+// differ from its StatefulSet's are ignored: anyone who can edit the pod can write them.
+func (r *Reconciler) reportEdited(sts *appsv1.StatefulSet, brokers map[int]*corev1.Pod) {
+	for _, pod := range brokers {
+		keys := patches.EditedConfig(pod.Annotations, sts.Annotations)
+		if len(keys) == 0 {
+			r.edited.Delete(pod.UID)
+			continue
+		}
+		signature := fmt.Sprint(keys, sts.ResourceVersion)
+		if before, seen := r.edited.Swap(pod.UID, signature); seen && before == signature {
+			continue
+		}
+		r.Events.Eventf(pod, sts, corev1.EventTypeWarning, "AnnotationIgnored", "Publish",
+			"annotations %v of pod %s differ from StatefulSet %s's and are ignored: brokerport publishes and repairs from the StatefulSet's configuration (the pod predates a change of it, or was edited)", keys, pod.Name, sts.Name)
+	}
 }
 
 // blockedRetry is how often a broker whose ports another Service holds is looked at again.
@@ -298,4 +322,3 @@ func ordinals(sts *appsv1.StatefulSet) (first, last int) {
 	}
 	return first, first + replicas - 1
 }
-

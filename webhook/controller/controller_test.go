@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
@@ -161,7 +162,7 @@ func node(i int, ip string) *corev1.Node {
 
 func (f *fixture) pod(i int, host string) *corev1.Pod {
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("redpanda-%d", i), Namespace: "kafka",
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("redpanda-%d", i), Namespace: "kafka", UID: types.UID(fmt.Sprintf("pod-%d", i)),
 			Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "redpanda"},
 			Annotations: map[string]string{
 				patches.AnnotationListeners: "kafka=9094,http=8083", patches.AnnotationPortBase: "30000",
@@ -466,7 +467,11 @@ func TestReconcileIgnoresEditedPodAnnotations(t *testing.T) {
 	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004", f.configMap()["bootstrap.servers"])
 	require.NoError(t, f.client.Get(ctx, client.ObjectKeyFromObject(pod), pod))
 	assert.Equal(t, "127.0.1.2", pod.Annotations[patches.AnnotationHost], "put back")
-	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning RestartRequired the address annotations said attacker.example.com")
+	events := strings.Join(drainEvents(f.events), "\n")
+	assert.Contains(t, events, "Warning RestartRequired the address annotations said attacker.example.com")
+	assert.Contains(t, events, "Warning AnnotationIgnored annotations [brokerport.io/port-base brokerport.io/host-template] of pod redpanda-1 differ from StatefulSet redpanda's and are ignored")
+	f.reconcile()
+	assert.Empty(t, drainEvents(f.events), "said once")
 }
 
 // A broker deleted and rescheduled onto another node is published at its new node at once.
@@ -518,4 +523,27 @@ func (h hideConfigMaps) Get(ctx context.Context, key client.ObjectKey, obj clien
 		return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
 	}
 	return h.Client.Get(ctx, key, obj, opts...)
+}
+
+func TestDescribeSaysWhichBrokersAreNotExposed(t *testing.T) {
+	cm := &corev1.ConfigMap{Data: map[string]string{
+		"bootstrap.servers": "127.0.1.1:30000",
+		"kafka.addresses":   "redpanda-0 127.0.1.1:30000",
+		"status":            "redpanda-0 exposed\nredpanda-1 not exposed: port 30002 is held by Service other/squat",
+	}}
+	assert.Equal(t, `bootstrap.servers=127.0.1.1:30000
+
+kafka:
+  redpanda-0 127.0.1.1:30000
+
+not exposed:
+  redpanda-1 not exposed: port 30002 is held by Service other/squat
+`, Describe(cm))
+}
+
+func TestAddressesBracketIPv6(t *testing.T) {
+	cfg, errs := patches.ParseConfig(map[string]string{patches.AnnotationPortBase: "30000"}, nil, patches.DefaultOptions())
+	require.Empty(t, errs)
+	data := Addresses(cfg, []patches.BrokerState{{Pod: "r-0", Host: "2001:db8::10", Ports: []int32{30000}, Exposed: true}})
+	assert.Equal(t, "[2001:db8::10]:30000", data["bootstrap.servers"])
 }

@@ -41,6 +41,9 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 			errs = append(errs, fmt.Errorf("repairing the address of pod %s: %w", pod.Name, err))
 			continue
 		}
+		if addr.Fallback != "" {
+			r.Events.Eventf(pod, sts, corev1.EventTypeWarning, "HostTemplateFallback", "Repair", "broker %s: %s; fix the node's labels or %s on StatefulSet %s", pod.Name, addr.Fallback, patches.AnnotationHostTemplate, sts.Name)
+		}
 		if before == "" {
 			repairs.WithLabelValues("missing").Inc()
 			r.Events.Eventf(pod, sts, corev1.EventTypeNormal, "AddressRepaired", "Repair", "set %s=%s (node %s): the broker can start", patches.AnnotationHost, addr.Host, addr.Node)
