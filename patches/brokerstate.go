@@ -22,6 +22,9 @@ type BrokerState struct {
 	Exposed bool
 	// Reason says why it is not exposed.
 	Reason string
+	// Transient: it is not exposed only because it is coming, going or rolling (a step of every
+	// rollout, not a fault to warn about).
+	Transient bool
 }
 
 // Address is the broker's host:port for listener l ("" when nothing is published), with an
@@ -49,13 +52,13 @@ func ObserveBroker(cfg Config, cluster string, ordinal int, facts BrokerFacts) B
 	pod := facts.Pod
 	switch {
 	case pod == nil:
-		state.Reason = "no pod yet"
+		state.Reason, state.Transient = "no pod yet", true
 		return state
 	case pod.DeletionTimestamp != nil:
-		state.Reason = "terminating"
+		state.Reason, state.Transient = "terminating", true
 		return state
 	case pod.Spec.NodeName == "":
-		state.Reason = "not scheduled to a node yet"
+		state.Reason, state.Transient = "not scheduled to a node yet", true
 		return state
 	case facts.Node == nil:
 		state.Reason = fmt.Sprintf("node %s is not known", pod.Spec.NodeName)
@@ -89,9 +92,9 @@ func ObserveBroker(cfg Config, cluster string, ordinal int, facts BrokerFacts) B
 		state.Ports = make([]int32, len(cfg.Listeners))
 		state.Reason = facts.ServiceProblem
 	case len(missing) > 0:
-		state.Reason = fmt.Sprintf("its pod was created before listeners %v were configured: it is exposed on them once it restarts", missing)
+		state.Reason, state.Transient = fmt.Sprintf("its pod was created before listeners %v were configured: it is exposed on them once it restarts", missing), true
 	case len(moved) > 0:
-		state.Reason = fmt.Sprintf("it listens on the ports of an earlier configuration (%v) until it restarts", moved)
+		state.Reason, state.Transient = fmt.Sprintf("it listens on the ports of an earlier configuration (%v) until it restarts", moved), true
 	default:
 		state.Exposed = true
 	}

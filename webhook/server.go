@@ -104,10 +104,15 @@ func keepStatefulSet(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	return &appsv1.StatefulSet{
+	out := &appsv1.StatefulSet{
 		ObjectMeta: slimMeta(sts.ObjectMeta, patches.IsBrokerportKey, patches.IsBrokerportKey),
 		Spec:       appsv1.StatefulSetSpec{Replicas: sts.Spec.Replicas, Ordinals: sts.Spec.Ordinals},
-	}, nil
+		// Which template revision is current, to tell a pod that predates a change from an
+		// edited one.
+		Status: appsv1.StatefulSetStatus{ObservedGeneration: sts.Status.ObservedGeneration, UpdateRevision: sts.Status.UpdateRevision},
+	}
+	out.Generation = sts.Generation
+	return out, nil
 }
 
 func keepServicePorts(obj any) (any, error) {
@@ -155,7 +160,7 @@ func keepBrokerPod(obj any) (any, error) {
 		return obj, nil
 	}
 	out := &corev1.Pod{
-		ObjectMeta: slimMeta(pod.ObjectMeta, patches.IsBrokerportKey, patches.IsBrokerportKey),
+		ObjectMeta: slimMeta(pod.ObjectMeta, func(k string) bool { return patches.IsBrokerportKey(k) || k == appsv1.ControllerRevisionHashLabelKey }, patches.IsBrokerportKey),
 		Spec:       corev1.PodSpec{NodeName: pod.Spec.NodeName},
 		Status:     corev1.PodStatus{Phase: pod.Status.Phase},
 	}

@@ -167,11 +167,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 }
 
 // reportEdited says, once per pod and edit, that configuration annotations of a broker pod that
-// differ from its StatefulSet's are ignored: anyone who can edit the pod can write them.
+// differ from its StatefulSet's are ignored: anyone who can edit the pod can write them. A pod of
+// an earlier template revision differs by right (it is rolled), and is not reported.
 func (r *Reconciler) reportEdited(sts *appsv1.StatefulSet, brokers map[int]*corev1.Pod) {
+	if sts.Status.ObservedGeneration != sts.Generation || sts.Status.UpdateRevision == "" {
+		return // the StatefulSet controller has not caught up with the latest change yet
+	}
 	for _, pod := range brokers {
 		keys := patches.EditedConfig(pod.Annotations, sts.Annotations)
-		if len(keys) == 0 {
+		if len(keys) == 0 || pod.Labels[appsv1.ControllerRevisionHashLabelKey] != sts.Status.UpdateRevision {
 			r.edited.Delete(pod.UID)
 			continue
 		}

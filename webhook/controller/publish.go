@@ -34,8 +34,8 @@ const StatusKey = "status"
 const statusExposed = "exposed"
 
 // publish writes ConfigMap <sts>-external from the brokers' states, and says on the StatefulSet
-// what changed: a Warning for each broker that stopped being exposed (or changed reason), a
-// Normal Exposed once every broker is.
+// what changed: a Warning for each broker that stopped being exposed for a fault (not for the
+// steps of a rollout, which the status key shows), a Normal Exposed once every broker is.
 func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, states []patches.BrokerState) error {
 	data := Addresses(cfg, states)
 	exposed := 0
@@ -111,7 +111,7 @@ func (r *Reconciler) reportChanges(sts *appsv1.StatefulSet, cfg patches.Config, 
 	}
 	allBefore := previousStatus != "" && !strings.Contains(previousStatus, "not exposed")
 	for _, s := range states {
-		if now := statusOf(s); !s.Exposed && before[s.Pod] != now {
+		if now := statusOf(s); !s.Exposed && !s.Transient && before[s.Pod] != now {
 			r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "BrokerNotExposed", "Publish", "broker %s is not exposed: %s", s.Pod, s.Reason)
 		}
 	}
