@@ -3,6 +3,7 @@ package manifests
 import (
 	"bufio"
 	"bytes"
+	"slices"
 	"testing"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -10,6 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -56,6 +59,9 @@ func TestOverlaysDecodeStrictly(t *testing.T) {
 			assert.Equal(t, 1, kinds["Deployment"])
 			assert.Equal(t, 1, kinds["MutatingWebhookConfiguration"])
 			assert.Equal(t, 1, kinds["PodDisruptionBudget"])
+			assert.Equal(t, 4, kinds["ValidatingAdmissionPolicy"], "the port band, and brokerport's writes to three kinds of object")
+			assert.Equal(t, 4, kinds["ValidatingAdmissionPolicyBinding"])
+			assert.Equal(t, 2, kinds["Service"], "the webhook's and the metrics'")
 			if overlay == "default" {
 				assert.Equal(t, 2, kinds["Certificate"])
 				assert.Equal(t, 2, kinds["Issuer"])
@@ -121,10 +127,41 @@ func TestDeploymentIsHardened(t *testing.T) {
 			assert.NotNil(t, c.LivenessProbe)
 			assert.False(t, c.Resources.Requests.Cpu().IsZero())
 			assert.Equal(t, c.Image, c.Env[0].Value, "the gate image is brokerport's own")
+			metrics := c.Ports[slices.IndexFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "metrics" })]
+			assert.Equal(t, int32(8443), metrics.ContainerPort, "metrics over HTTPS on brokerport's default --metrics-bind-address")
+			assert.NotContains(t, c.Args, "--metrics-secure=false")
 			if overlay == "standalone" {
 				assert.Contains(t, c.Args, "--self-managed-certs")
 				assert.NotNil(t, d.Spec.Template.Spec.Volumes[0].EmptyDir, "a writable cert directory")
 			}
 		}
 	}
+}
+
+// Metrics are for callers bound to brokerport-metrics-reader, which the manifests bind to nobody;
+// brokerport itself may ask the API server who a caller is and what it may do.
+func TestMetricsRBAC(t *testing.T) {
+	var reader *rbacv1.ClusterRole
+	for _, o := range decode(t, "default") {
+		switch o := o.(type) {
+		case *rbacv1.ClusterRole:
+			if o.Name == "brokerport-metrics-reader" {
+				reader = o
+			}
+		case *rbacv1.ClusterRoleBinding:
+			assert.NotEqual(t, "brokerport-metrics-reader", o.RoleRef.Name, "bound by the cluster's admin to its scraper")
+		}
+	}
+	require.NotNil(t, reader)
+	assert.Equal(t, []rbacv1.PolicyRule{{Verbs: []string{"get"}, NonResourceURLs: []string{"/metrics"}}}, reader.Rules)
+	calls := map[string]bool{}
+	for _, r := range rules(t, "default") {
+		for _, res := range r.Resources {
+			for _, v := range r.Verbs {
+				calls[v+" "+res] = true
+			}
+		}
+	}
+	assert.True(t, calls["create tokenreviews"])
+	assert.True(t, calls["create subjectaccessreviews"])
 }

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -46,6 +47,23 @@ func (c call) String() string {
 type recorder struct {
 	scheme *runtime.Scheme
 	calls  []call
+	writes []write
+}
+
+// write is a create, update, patch or delete brokerport made, as the API server's admission sees
+// it: the object after the write (nil on delete) and before (nil on create).
+type write struct {
+	op       string
+	obj, old client.Object
+}
+
+// before reads the stored object a write is about to change.
+func before(ctx context.Context, c client.WithWatch, obj client.Object) client.Object {
+	old := obj.DeepCopyObject().(client.Object)
+	if err := c.Get(ctx, client.ObjectKeyFromObject(obj), old); err != nil {
+		return nil
+	}
+	return old
 }
 
 func (r *recorder) record(verb string, obj runtime.Object, namespace, name string) {
@@ -54,7 +72,7 @@ func (r *recorder) record(verb string, obj runtime.Object, namespace, name strin
 		panic(err)
 	}
 	gvk.Kind = strings.TrimSuffix(gvk.Kind, "List")
-	mapping := map[string]string{"StatefulSet": "statefulsets", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Node": "nodes", "Secret": "secrets", "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
+	mapping := map[string]string{"StatefulSet": "statefulsets", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
 	r.calls = append(r.calls, call{verb: verb, group: gvk.Group, resource: mapping[gvk.Kind], namespace: namespace, name: name})
 }
 
@@ -86,44 +104,60 @@ func (r *recorder) client(store client.WithWatch, cached bool) client.Client {
 			if svc, ok := obj.(*corev1.Service); ok {
 				svc.Spec.Ports[0].NodePort = 30000 // what the Service webhook would do
 			}
+			r.writes = append(r.writes, write{op: "CREATE", obj: obj.DeepCopyObject().(client.Object)})
 			return c.Create(ctx, obj, opts...)
 		},
 		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
 			r.record("update", obj, obj.GetNamespace(), obj.GetName())
+			r.writes = append(r.writes, write{op: "UPDATE", obj: obj.DeepCopyObject().(client.Object), old: before(ctx, c, obj)})
 			return c.Update(ctx, obj, opts...)
 		},
 		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
 			r.record("patch", obj, obj.GetNamespace(), obj.GetName())
-			return c.Patch(ctx, obj, patch, opts...)
+			old := before(ctx, c, obj)
+			if err := c.Patch(ctx, obj, patch, opts...); err != nil {
+				return err
+			}
+			r.writes = append(r.writes, write{op: "UPDATE", obj: obj.DeepCopyObject().(client.Object), old: old})
+			return nil
 		},
 		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
 			r.record("delete", obj, obj.GetNamespace(), obj.GetName())
+			r.writes = append(r.writes, write{op: "DELETE", old: before(ctx, c, obj)})
 			return c.Delete(ctx, obj, opts...)
 		},
 	})
 }
 
-// exercise runs what brokerport does against recording clients and returns the API calls.
-func exercise(t *testing.T) []call {
+// exercise runs what brokerport does against recording clients and returns the API calls and
+// the writes among them.
+func exercise(t *testing.T) ([]call, []write) {
 	r := &recorder{scheme: webhook.Scheme()}
 	ctx := context.Background()
 	sts := &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "kafka", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "kafka", Namespace: "team-a", UID: "kafka-uid", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}},
 		Spec:       appsv1.StatefulSetSpec{Replicas: ptr.To[int32](2)},
 	}
+	controlledBy := []metav1.OwnerReference{*metav1.NewControllerRef(sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "kafka-0", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka"}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "kafka-0", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka"}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}, OwnerReferences: controlledBy},
 		Spec:       corev1.PodSpec{NodeName: "node-0"},
 	}
+	// A broker still waiting for a node when its StatefulSet opts out is deleted.
+	pending := pod.DeepCopy()
+	pending.Name, pending.UID, pending.Spec.NodeName = "kafka-1", "kafka-1-uid", ""
+	pending.Status.Phase = corev1.PodPending
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-0"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.1"}}}}
-	stale := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kafka-0-external", Namespace: "team-a", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka"}},
+	// Services brokerport made earlier, labeled and owned as it makes them.
+	stale := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kafka-0-external", Namespace: "team-a", OwnerReferences: controlledBy,
+		Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka", patches.LabelManagedBy: patches.ManagedByValue}},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "old", Port: 1}}}}
 	surplus := stale.DeepCopy()
 	surplus.Name = "kafka-5-external"
 	surplus.Spec.Selector = map[string]string{"statefulset.kubernetes.io/pod-name": "kafka-5"}
 
 	// Controller: create a ConfigMap, update and delete Services, repair a pod; then opt out.
-	objects := []client.Object{sts, pod, node, stale, surplus}
+	objects := []client.Object{sts, pod, pending, node, stale, surplus}
 	store := fake.NewClientBuilder().WithScheme(r.scheme).WithObjects(objects...).Build()
 	cached, direct := r.client(store, true), r.client(store, false)
 	reconciler := &controller.Reconciler{Client: cached, API: direct, Events: events.NewFakeRecorder(100), Options: patches.DefaultOptions()}
@@ -131,16 +165,20 @@ func exercise(t *testing.T) []call {
 	require.NoError(t, err)
 	// Calls made for the test's sake, not brokerport's, are not recorded.
 	asUser := func(do func()) {
-		before := len(r.calls)
+		calls, writes := len(r.calls), len(r.writes)
 		do()
-		r.calls = r.calls[:before]
+		r.calls, r.writes = r.calls[:calls], r.writes[:writes]
 	}
-	// The node's address changes: the pod is repaired and the ConfigMap updated.
+	// The node's address changes: the pod is repaired. Someone edits the ConfigMap: it is restored.
 	asUser(func() {
 		moved := node.DeepCopy()
 		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(moved), moved))
 		moved.Status.Addresses[0].Address = "203.0.113.9"
 		require.NoError(t, cached.Status().Update(ctx, moved))
+		cm := &corev1.ConfigMap{}
+		require.NoError(t, cached.Get(ctx, client.ObjectKey{Namespace: "team-a", Name: controller.ConfigMapName("kafka")}, cm))
+		cm.Data = map[string]string{"edited": "by hand"}
+		require.NoError(t, cached.Update(ctx, cm))
 	})
 	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
 	require.NoError(t, err)
@@ -183,7 +221,7 @@ func exercise(t *testing.T) []call {
 	_, err = m.Ensure(ctx)
 	require.NoError(t, err)
 
-	calls := r.calls
+	calls, writes := r.calls, r.writes
 	// Informers the manager starts (webhook.CachedTypes), Events (events.k8s.io, through the
 	// manager's recorder) and leader election (a Lease in brokerport's namespace) do not pass
 	// through these clients.
@@ -201,8 +239,11 @@ func exercise(t *testing.T) []call {
 		call{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: "brokerport-system", name: "brokerport-controller"},
 		call{verb: "create", group: "", resource: "events", namespace: "brokerport-system"},
 		call{verb: "patch", group: "", resource: "events", namespace: "brokerport-system"},
+		// The metrics server's authentication and authorization filter.
+		call{verb: "create", group: "authentication.k8s.io", resource: "tokenreviews"},
+		call{verb: "create", group: "authorization.k8s.io", resource: "subjectaccessreviews"},
 	)
-	return calls
+	return calls, writes
 }
 
 // rule is a policy rule with where it applies.
@@ -223,15 +264,42 @@ func (r *rule) allows(c call) bool {
 	return len(r.ResourceNames) == 0 || (c.name != "" && slices.Contains(r.ResourceNames, c.name))
 }
 
+// rules are the rules of the roles an overlay binds to brokerport's ServiceAccount (not, for
+// example, brokerport-metrics-reader, which is for the scraper).
 func rules(t *testing.T, overlay string) []*rule {
+	objects := decode(t, overlay)
+	isBrokerport := func(subjects []rbacv1.Subject) bool {
+		return slices.ContainsFunc(subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == "ServiceAccount" && s.Name == "brokerport" && s.Namespace == "brokerport-system"
+		})
+	}
+	bound := map[string]bool{} // "ClusterRole/name" or "Role/namespace/name"
+	for _, o := range objects {
+		switch b := o.(type) {
+		case *rbacv1.ClusterRoleBinding:
+			if isBrokerport(b.Subjects) {
+				bound[b.RoleRef.Kind+"/"+b.RoleRef.Name] = true
+			}
+		case *rbacv1.RoleBinding:
+			if isBrokerport(b.Subjects) {
+				bound[b.RoleRef.Kind+"/"+b.Namespace+"/"+b.RoleRef.Name] = true
+			}
+		}
+	}
 	var out []*rule
-	for _, o := range decode(t, overlay) {
+	for _, o := range objects {
 		switch role := o.(type) {
 		case *rbacv1.ClusterRole:
+			if !bound["ClusterRole/"+role.Name] {
+				continue
+			}
 			for _, p := range role.Rules {
 				out = append(out, &rule{PolicyRule: p, from: "ClusterRole " + role.Name, used: map[string]bool{}})
 			}
 		case *rbacv1.Role:
+			if !bound["Role/"+role.Namespace+"/"+role.Name] {
+				continue
+			}
 			for _, p := range role.Rules {
 				out = append(out, &rule{PolicyRule: p, namespace: role.Namespace, from: "Role " + role.Namespace + "/" + role.Name, used: map[string]bool{}})
 			}
@@ -240,10 +308,32 @@ func rules(t *testing.T, overlay string) []*rule {
 	return out
 }
 
+// Every write brokerport's code makes passes the ValidatingAdmissionPolicies that bound its
+// identity: the policies are no tighter than the code.
+func TestWritesStayWithinThePolicy(t *testing.T) {
+	ps := identityPolicies(t)
+	_, writes := exercise(t)
+	require.NotEmpty(t, writes)
+	for _, w := range writes {
+		some := w.obj
+		if some == nil {
+			some = w.old
+		}
+		if some == nil {
+			continue // deleting what is gone already
+		}
+		if _, ok := resources[strings.TrimPrefix(fmt.Sprintf("%T", some), "*v1.")]; !ok {
+			continue // not a kind the policies bound
+		}
+		msg := admitAsBrokerport(t, ps, req{op: admission.Operation(w.op), user: brokerportUser, obj: w.obj, old: w.old})
+		assert.Empty(t, msg, "%s %T %s/%s", w.op, some, some.GetNamespace(), some.GetName())
+	}
+}
+
 // Every call brokerport makes is allowed by the standalone overlay's roles, and every verb the
 // roles grant is used: the RBAC is exactly what the code needs.
 func TestRBACIsExactlyWhatTheCodeCalls(t *testing.T) {
-	calls := exercise(t)
+	calls, _ := exercise(t)
 	rs := rules(t, "standalone")
 	for _, c := range calls {
 		allowed := false

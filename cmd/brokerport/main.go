@@ -33,6 +33,7 @@ import (
 	"github.com/brokerport/brokerport/webhook/controller"
 	"github.com/brokerport/brokerport/webhook/gate"
 	"github.com/brokerport/brokerport/webhook/matchconditions"
+	"github.com/brokerport/brokerport/webhook/probe"
 	"github.com/brokerport/brokerport/webhook/render"
 )
 
@@ -42,6 +43,7 @@ Usage:
   brokerport serve  [flags]                run the admission webhook and the companion controller
   brokerport render -f FILE [--nodes FILE] show what the webhook would do to a manifest, offline
   brokerport addresses STS [-n NAMESPACE]  print a StatefulSet's published broker addresses
+  brokerport check STS [-n NS] [--from-here] check every broker answers where it is published
   brokerport wait-address [--file FILE]    (init container) wait until the broker's host is set
 
 Run "brokerport COMMAND -h" for a command's flags.
@@ -60,6 +62,8 @@ func main() {
 		err = renderCmd(args)
 	case "addresses":
 		err = addresses(args)
+	case "check":
+		err = check(args)
 	case "wait-address":
 		err = waitAddress(args)
 	case "-h", "--help", "help":
@@ -123,6 +127,8 @@ func serve(args []string) error {
 	certSecret := fs.String("cert-secret", "brokerport-webhook-tls", "Secret holding the self-managed certificates")
 	webhookConfig := fs.String("webhook-config", "brokerport", "MutatingWebhookConfiguration whose caBundle the self-managed CA is written to")
 	certHosts := fs.String("cert-hosts", "", "comma-separated DNS names and IPs of the self-managed serving certificate (default: the brokerport-webhook Service's names in --namespace)")
+	probePeriod := fs.Duration("probe-period", probe.DefaultPeriod, "how often the elected replica dials every published broker address (jittered ±10%); 0 turns the probe off")
+	probeConcurrency := fs.Int("probe-concurrency", probe.DefaultConcurrency, "brokers probed at once (each broker gets one connection at a time)")
 	options := optionFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -197,7 +203,14 @@ func serve(args []string) error {
 	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
 		webhook.NewBindingHandler(scheme, clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
 
+	prober := &probe.Prober{Reader: mgr.GetCache(), Events: recorder, Options: opts, Period: *probePeriod, Concurrency: *probeConcurrency}
+	if err := mgr.Add(prober); err != nil {
+		return fmt.Errorf("setting up the probe: %w", err)
+	}
 	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts}
+	if *probePeriod > 0 {
+		reconciler.Reachability, reconciler.ProbeChanges = prober, prober.Changes()
+	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
 	}

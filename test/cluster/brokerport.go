@@ -165,30 +165,42 @@ func InstallBrokerport(ctx context.Context, c client.Client, port int) error {
 // ServiceAccount from the manifests (so that its real RBAC applies), and waits until it is ready
 // and its CA is in the webhook configuration.
 func (cp *ControlPlane) StartBrokerport(ctx context.Context, c client.Client, clientset *kubernetes.Clientset, binary string, port int, extraArgs ...string) (*Process, error) {
+	return cp.StartBrokerportNamed(ctx, c, clientset, binary, "brokerport", port, extraArgs...)
+}
+
+// StartBrokerportNamed is StartBrokerport for one of several replicas: the process, its log
+// (<name>.log), kubeconfig and certificate directory are named after it; the replicas share the
+// self-managed certificate Secret, as the installed Deployment's pods do.
+func (cp *ControlPlane) StartBrokerportNamed(ctx context.Context, c client.Client, clientset *kubernetes.Clientset, binary, name string, port int, extraArgs ...string) (*Process, error) {
 	token, err := clientset.CoreV1().ServiceAccounts("brokerport-system").CreateToken(ctx, "brokerport",
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(7200))}}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("requesting a token for brokerport: %w", err)
 	}
-	kubeconfig := filepath.Join(cp.Dir, "brokerport.kubeconfig")
+	kubeconfig := filepath.Join(cp.Dir, name+".kubeconfig")
 	if err := WriteKubeconfig(kubeconfig, cp.APIServer, cp.CACert, "brokerport", "", "", token.Status.Token); err != nil {
 		return nil, err
 	}
 	probePort, _ := FreePort()
-	p, err := cp.StartProcess("brokerport", binary, append([]string{
+	// Metrics as installed: HTTPS, authenticated and authorized by the API server.
+	metricsPort, _ := FreePort()
+	if err := os.WriteFile(filepath.Join(cp.Dir, metricsURLFile), []byte(fmt.Sprintf("https://127.0.0.1:%d/metrics", metricsPort)), 0o600); err != nil {
+		return nil, err
+	}
+	p, err := cp.StartProcess(name, binary, append([]string{
 		"serve",
 		fmt.Sprintf("--port=%d", port),
-		"--cert-dir", filepath.Join(cp.Dir, "brokerport-certs"),
+		"--cert-dir", filepath.Join(cp.Dir, name+"-certs"),
 		"--self-managed-certs", "--cert-hosts=127.0.0.1",
 		"--namespace=brokerport-system",
-		"--metrics-bind-address=0",
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
 		"--gate-image=brokerport:e2e",
 	}, extraArgs...), "KUBECONFIG="+kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	return p, WaitFor(ctx, 60*time.Second, "brokerport ready", func() error {
+	return p, WaitFor(ctx, 60*time.Second, name+" ready", func() error {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort))
 		if err != nil {
 			return err
@@ -211,6 +223,17 @@ func (cp *ControlPlane) StartBrokerport(ctx context.Context, c client.Client, cl
 		}
 		return nil
 	})
+}
+
+// metricsURLFile, in the control plane's directory, holds the metrics URL of the brokerport
+// StartBrokerport started last.
+const metricsURLFile = "brokerport-metrics-url"
+
+// BrokerportMetricsURL is the HTTPS metrics endpoint of the brokerport StartBrokerport started
+// last (a self-signed certificate; a bearer token authorized for get /metrics is required).
+func (cp *ControlPlane) BrokerportMetricsURL() (string, error) {
+	data, err := os.ReadFile(filepath.Join(cp.Dir, metricsURLFile))
+	return string(data), err
 }
 
 // WaitFor polls check until it succeeds or the timeout passes, and says what it waited for.

@@ -46,7 +46,7 @@ func brokerportDown(t *testing.T, ctx context.Context) {
 	err = env.admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: "redpanda-1"}, &corev1.Pod{})
 	assert.True(t, apierrors.IsNotFound(err), "a broker pod was created while brokerport was down: %v", err)
 
-	env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port, "--binding-match-conditions=false")
+	env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port, brokerportArgs...)
 	require.NoError(t, err)
 	waitRolledOut(t, ctx, 2, true)
 	require.NoError(t, waitFor(ctx, 60*time.Second, "2 Services and the ConfigMap", func() error { return checkPublished(ctx, 2) }))

@@ -31,6 +31,11 @@ var env struct {
 	port       int    // the webhook port the manifests point at
 }
 
+// brokerportArgs are the shared brokerport process's flags: the binding webhook's matchConditions
+// are TestMatchConditions' to write and to stop, and the probe is TestProbe's to run, on its own
+// brokers (the shared process would otherwise dial every other test's brokers too).
+var brokerportArgs = []string{"--binding-match-conditions=false", "--probe-period=0"}
+
 // Nodes: kwok nodes whose ExternalIPs are loopback addresses, so that later suites can listen
 // where a broker advertises.
 var nodeIPs = []string{"127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"}
@@ -85,8 +90,7 @@ func run(m *testing.M) (int, error) {
 		return 1, err
 	}
 	step("starting brokerport with the brokerport ServiceAccount's token")
-	// The binding webhook's matchConditions are TestMatchConditions' to write and to stop.
-	if env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port, "--binding-match-conditions=false"); err != nil {
+	if env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port, brokerportArgs...); err != nil {
 		return 1, err
 	}
 	step("brokerport ready; running the scenarios")

@@ -39,7 +39,7 @@ func TestScale(t *testing.T) {
 	// 100 brokers need more ports than the NodePort static band holds.
 	env.brokerport.Stop()
 	var err error
-	env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port, "--port-range=30000-32767", "--binding-match-conditions=false")
+	env.brokerport, err = env.cp.StartBrokerport(ctx, env.admin, env.clientset, env.binary, env.port, append([]string{"--port-range=30000-32767"}, brokerportArgs...)...)
 	require.NoError(t, err)
 
 	labels := map[string]string{"app": "big"}

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/brokerport/brokerport/patches"
 )
@@ -50,6 +51,10 @@ type Reconciler struct {
 	API     client.Reader
 	Events  events.EventRecorder
 	Options patches.Options
+	// Reachability, when set, adds the external probe's keys to the ConfigMap; ProbeChanges
+	// names the StatefulSets whose keys changed, to publish them at once.
+	Reachability Reachability
+	ProbeChanges <-chan event.GenericEvent
 
 	// edited remembers, per pod UID, the edited annotations already reported, so that each
 	// edit is said once.
@@ -65,14 +70,17 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return nil
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("brokerport").
 		For(&appsv1.StatefulSet{}).
 		Watches(&corev1.Pod{}, byCluster).
 		Watches(&corev1.Service{}, byCluster).
 		Watches(&corev1.ConfigMap{}, byCluster).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.clustersOnNode), builder.WithPredicates(addressChanged)).
-		Complete(r)
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.clustersOnNode), builder.WithPredicates(addressChanged))
+	if r.ProbeChanges != nil {
+		b = b.WatchesRawSource(source.Channel(r.ProbeChanges, &handler.EnqueueRequestForObject{}))
+	}
+	return b.Complete(r)
 }
 
 // addressChanged passes node updates that change what a broker would advertise, not heartbeats.
@@ -257,7 +265,7 @@ func before(a, b *appsv1.StatefulSet) bool {
 func (r *Reconciler) remove(ctx context.Context, namespace, name string, sts *appsv1.StatefulSet) error {
 	brokerGauge.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "statefulset": name})
 	var services corev1.ServiceList
-	if err := r.Client.List(ctx, &services, client.InNamespace(namespace), client.MatchingLabels{patches.LabelCluster: name, patches.LabelExpose: patches.ExposeValue}); err != nil {
+	if err := r.Client.List(ctx, &services, client.InNamespace(namespace), client.MatchingLabels{patches.LabelCluster: name, patches.LabelExpose: patches.ExposeValue, patches.LabelManagedBy: patches.ManagedByValue}); err != nil {
 		return fmt.Errorf("listing broker Services: %w", err)
 	}
 	for i := range services.Items {
@@ -278,8 +286,8 @@ func (r *Reconciler) remove(ctx context.Context, namespace, name string, sts *ap
 	if err != nil {
 		return fmt.Errorf("getting ConfigMap %s: %w", ConfigMapName(name), err)
 	}
-	if cm.Labels[patches.LabelCluster] != name {
-		return nil // not ours
+	if !isOurs(cm.Labels, name) {
+		return nil
 	}
 	return client.IgnoreNotFound(r.Client.Delete(ctx, cm))
 }

@@ -551,3 +551,30 @@ func TestAddressesBracketIPv6(t *testing.T) {
 	data := Addresses(cfg, []patches.BrokerState{{Pod: "r-0", Host: "2001:db8::10", Ports: []int32{30000}, Exposed: true}})
 	assert.Equal(t, "[2001:db8::10]:30000", data["bootstrap.servers"])
 }
+
+// A ConfigMap that carries brokerport's cluster label but was not made by brokerport (no
+// managed-by label) is someone else's: brokerport may not write it, and says so.
+func TestReconcileLeavesALookalikeConfigMapAlone(t *testing.T) {
+	f := newFixture(t)
+	lookalike := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kafka", Name: "redpanda-external",
+		Labels: map[string]string{patches.LabelCluster: "redpanda"}}, Data: map[string]string{"mine": "yes"}}
+	require.NoError(t, f.client.Create(context.Background(), lookalike))
+	_, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKeyFromObject(f.sts)})
+	require.ErrorContains(t, err, "ConfigMap kafka/redpanda-external exists and is not brokerport's")
+	require.NoError(t, f.client.Get(context.Background(), client.ObjectKeyFromObject(lookalike), lookalike))
+	assert.Equal(t, map[string]string{"mine": "yes"}, lookalike.Data, "untouched")
+}
+
+type fixedReachability map[string]string
+
+func (f fixedReachability) For(namespace, sts string) map[string]string { return f }
+
+// The external probe's keys are published beside the addresses, never over one of them.
+func TestReconcilePublishesTheProbesKeys(t *testing.T) {
+	f := newFixture(t)
+	f.r.Reachability = fixedReachability{"kafka.reachability": "redpanda-0 reachable", "bootstrap.servers": "attacker:1"}
+	f.reconcile()
+	data := f.configMap()
+	assert.Equal(t, "redpanda-0 reachable", data["kafka.reachability"])
+	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004", data["bootstrap.servers"])
+}

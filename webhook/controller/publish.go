@@ -38,6 +38,7 @@ const statusExposed = "exposed"
 // steps of a rollout, which the status key shows), a Normal Exposed once every broker is.
 func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, states []patches.BrokerState) error {
 	data := Addresses(cfg, states)
+	r.mergeReachability(sts, data)
 	exposed := 0
 	for _, s := range states {
 		if s.Exposed {
@@ -65,6 +66,8 @@ func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg p
 		current.Data = nil
 	case err != nil:
 		return fmt.Errorf("getting ConfigMap %s: %w", want.Name, err)
+	case !isOurs(current.Labels, sts.Name):
+		return r.configMapTaken(sts, want)
 	case maps.Equal(current.Data, data):
 		return nil
 	default:
@@ -77,6 +80,24 @@ func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg p
 	}
 	r.reportChanges(sts, cfg, current.Data[StatusKey], states, exposed)
 	return nil
+}
+
+// Reachability gives the keys an external probe adds to a StatefulSet's ConfigMap
+// ("<listener>.reachability", see webhook/probe); nil or empty adds none.
+type Reachability interface {
+	For(namespace, statefulSet string) map[string]string
+}
+
+// mergeReachability adds the probe's keys, never over one of the addresses.
+func (r *Reconciler) mergeReachability(sts *appsv1.StatefulSet, data map[string]string) {
+	if r.Reachability == nil {
+		return
+	}
+	for k, v := range r.Reachability.For(sts.Namespace, sts.Name) {
+		if _, taken := data[k]; !taken {
+			data[k] = v
+		}
+	}
 }
 
 // createConfigMap creates the ConfigMap. One of that name the cache does not show is either
@@ -94,11 +115,16 @@ func (r *Reconciler) createConfigMap(ctx context.Context, sts *appsv1.StatefulSe
 	if err := r.API.Get(ctx, client.ObjectKeyFromObject(want), existing); err != nil {
 		return false, fmt.Errorf("getting ConfigMap %s: %w", want.Name, err)
 	}
-	if existing.Labels[patches.LabelCluster] == sts.Name {
+	if isOurs(existing.Labels, sts.Name) {
 		return false, nil
 	}
-	r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "ConfigMapTaken", "Publish", "ConfigMap %s exists and is not brokerport's (no %s label): rename or delete it so that brokerport can publish the addresses", want.Name, patches.LabelCluster)
-	return false, reconcile.TerminalError(fmt.Errorf("ConfigMap %s/%s exists and is not brokerport's", want.Namespace, want.Name))
+	return false, r.configMapTaken(sts, want)
+}
+
+// configMapTaken says that a ConfigMap of the published name is someone else's, and leaves it.
+func (r *Reconciler) configMapTaken(sts *appsv1.StatefulSet, want *corev1.ConfigMap) error {
+	r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "ConfigMapTaken", "Publish", "ConfigMap %s exists and is not brokerport's (no %s=%s and %s=%s labels): rename or delete it so that brokerport can publish the addresses", want.Name, patches.LabelCluster, sts.Name, patches.LabelManagedBy, patches.ManagedByValue)
+	return reconcile.TerminalError(fmt.Errorf("ConfigMap %s/%s exists and is not brokerport's", want.Namespace, want.Name))
 }
 
 // reportChanges compares the new states with the status lines published before.

@@ -32,6 +32,8 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 			continue
 		}
 		before := pod.Annotations[patches.AnnotationHost]
+		// brokerport.io/host-uri follows brokerport.io/host (SetAddress writes both); a broker
+		// bound by an earlier brokerport has no host-uri and no variable that reads it.
 		if before == addr.Host && pod.Annotations[patches.AnnotationZone] == addr.Zone && pod.Annotations[patches.AnnotationNode] == addr.Node {
 			continue
 		}

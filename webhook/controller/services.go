@@ -36,7 +36,7 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 	existing := map[string]*corev1.Service{}
 	for i := range all.Items {
 		svc := &all.Items[i]
-		ours := svc.Namespace == sts.Namespace && patches.IsExposed(svc.Labels) && svc.Labels[patches.LabelCluster] == sts.Name
+		ours := svc.Namespace == sts.Namespace && isOurs(svc.Labels, sts.Name) && patches.IsExposed(svc.Labels)
 		ordinal, goingAway := patches.BrokerServiceOrdinal(svc.Name, sts.Name)
 		goingAway = goingAway && brokers[ordinal] != nil && wanted[svc.Name] == nil
 		switch {
@@ -48,7 +48,7 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 			}
 		case svc.Namespace == sts.Namespace && wanted[svc.Name] != nil:
 			// A Service of that name that is not brokerport's: left alone, and said.
-			problems[ordinalOf[svc.Name]] = fmt.Sprintf("Service %s exists and is not brokerport's (no %s=%s label): rename or delete it", svc.Name, patches.LabelCluster, sts.Name)
+			problems[ordinalOf[svc.Name]] = fmt.Sprintf("Service %s exists and is not brokerport's (no %s=%s and %s=%s labels): rename or delete it", svc.Name, patches.LabelCluster, sts.Name, patches.LabelManagedBy, patches.ManagedByValue)
 			delete(in.Target, svc.Name)
 			fallthrough
 		default:
@@ -119,4 +119,10 @@ func (r *Reconciler) updateService(ctx context.Context, want *corev1.Service) er
 	svc.Spec.Type = want.Spec.Type
 	svc.Labels = want.Labels
 	return r.Client.Update(ctx, svc)
+}
+
+// isOurs tells whether an object's labels say brokerport made it for StatefulSet sts: the API
+// server lets brokerport write only such objects.
+func isOurs(labels map[string]string, sts string) bool {
+	return labels[patches.LabelCluster] == sts && labels[patches.LabelManagedBy] == patches.ManagedByValue
 }
