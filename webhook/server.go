@@ -115,12 +115,16 @@ func keepStatefulSet(obj any) (any, error) {
 	return out, nil
 }
 
+func isBrokerportOrManagedBy(k string) bool {
+	return patches.IsBrokerportKey(k) || k == patches.LabelManagedBy
+}
+
 func keepServicePorts(obj any) (any, error) {
 	svc, ok := obj.(*corev1.Service)
 	if !ok {
 		return obj, nil
 	}
-	out := &corev1.Service{ObjectMeta: slimMeta(svc.ObjectMeta, patches.IsBrokerportKey, none)}
+	out := &corev1.Service{ObjectMeta: slimMeta(svc.ObjectMeta, isBrokerportOrManagedBy, none)}
 	// A broker Service keeps all its ports, so that the controller sees a changed targetPort;
 	// any other Service only the nodePorts it holds.
 	ours := patches.IsExposed(svc.Labels)
