@@ -14,10 +14,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/admission"
+	admissionregistrationv1ac "k8s.io/client-go/applyconfigurations/admissionregistration/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -30,6 +32,7 @@ import (
 	"github.com/brokerport/brokerport/patches"
 	"github.com/brokerport/brokerport/webhook"
 	"github.com/brokerport/brokerport/webhook/controller"
+	"github.com/brokerport/brokerport/webhook/matchconditions"
 )
 
 // call is one API request brokerport makes: a verb on a resource, in a namespace ("" for
@@ -121,6 +124,12 @@ func (r *recorder) client(store client.WithWatch, cached bool) client.Client {
 			r.writes = append(r.writes, write{op: "UPDATE", obj: obj.DeepCopyObject().(client.Object), old: old})
 			return nil
 		},
+		Apply: func(ctx context.Context, c client.WithWatch, obj runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
+			// Server-side apply is a patch; brokerport applies only its webhook configuration.
+			mwc := obj.(*admissionregistrationv1ac.MutatingWebhookConfigurationApplyConfiguration)
+			r.calls = append(r.calls, call{verb: "patch", group: "admissionregistration.k8s.io", resource: "mutatingwebhookconfigurations", name: *mwc.Name})
+			return c.Apply(ctx, obj, opts...)
+		},
 		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
 			r.record("delete", obj, obj.GetNamespace(), obj.GetName())
 			r.writes = append(r.writes, write{op: "DELETE", old: before(ctx, c, obj)})
@@ -203,16 +212,38 @@ func exercise(t *testing.T) ([]call, []write) {
 	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "team-b", Name: "late"}})
 	require.NoError(t, err)
 
-	// Webhook snapshot (cached) and the binding webhook's GET on a cache miss (direct).
-	snapshot := webhook.ReaderSnapshot{Reader: cached}
+	// The ConfigMap the cache does not show yet (created moments ago) is read from the API server.
+	asUser(func() {
+		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(sts), sts))
+		sts.Labels = map[string]string{patches.LabelExpose: patches.ExposeValue}
+		require.NoError(t, cached.Update(ctx, sts))
+		require.NoError(t, cached.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: controller.ConfigMapName("kafka"),
+			Labels: map[string]string{patches.LabelCluster: "kafka", patches.LabelManagedBy: patches.ManagedByValue}, OwnerReferences: controlledBy}}))
+	})
+	lagging := &controller.Reconciler{Client: configMapsNotCached{cached}, API: direct, Events: events.NewFakeRecorder(100), Options: patches.DefaultOptions()}
+	_, err = lagging.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
+	require.NoError(t, err)
+
+	// Webhook snapshot (cached; live for what the cache cannot answer) and the binding webhook's
+	// GET on a cache miss (direct).
+	snapshot := webhook.ReaderSnapshot{Reader: cached, Live: direct}
 	_, err = snapshot.PortsInUse(ctx, "team-a", "kafka")
+	require.NoError(t, err)
+	_, err = snapshot.Namespace(ctx, "created-with-its-statefulset")
+	require.NoError(t, err)
+	_, err = snapshot.LiveStatefulSet(ctx, "team-a", "kafka")
 	require.NoError(t, err)
 	require.NoError(t, direct.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{}))
 
 	// Self-managed certificates: create the Secret, renew it, patch the webhook configuration.
 	certClient := r.client(fake.NewClientBuilder().WithScheme(r.scheme).WithObjects(&admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "brokerport"}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "x"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "brokerport"}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "x"}, {Name: "bindings.brokerport.io"}},
 	}).Build(), false)
+	// The binding webhook's matchConditions, applied to the same configuration.
+	conditions := &matchconditions.Reconciler{Cache: cached, API: certClient, Client: certClient, Events: events.NewFakeRecorder(10),
+		Options: matchconditions.Options{WebhookConfig: "brokerport"}}
+	_, err = conditions.Reconcile(ctx, reconcile.Request{})
+	require.NoError(t, err)
 	now := time.Now()
 	m := certs.NewManager(certClient, certs.Options{Namespace: "brokerport-system", SecretName: "brokerport-webhook-tls", WebhookConfig: "brokerport", Hosts: []string{"h"}, CertDir: t.TempDir(), Lifetime: time.Hour, Now: func() time.Time { return now }})
 	_, err = m.Ensure(ctx)
@@ -352,9 +383,19 @@ func TestRBACIsExactlyWhatTheCodeCalls(t *testing.T) {
 			}
 		}
 	}
-	// The default overlay (cert-manager) needs no Secret or webhook configuration access.
+	// The default overlay (cert-manager) needs no Secret access; its webhook configuration only
+	// for the binding webhook's matchConditions.
 	for _, r := range rules(t, "default") {
 		assert.NotContains(t, r.Resources, "secrets", r.from)
-		assert.NotContains(t, r.Resources, "mutatingwebhookconfigurations", r.from)
 	}
+}
+
+// configMapsNotCached reads like a ConfigMap cache that has not caught up with a create.
+type configMapsNotCached struct{ client.Client }
+
+func (c configMapsNotCached) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*corev1.ConfigMap); ok {
+		return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
 }

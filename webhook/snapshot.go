@@ -127,6 +127,10 @@ func (s ReaderSnapshot) Node(ctx context.Context, name string) (*corev1.Node, er
 func (s ReaderSnapshot) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
 	ns := &corev1.Namespace{}
 	err := s.Reader.Get(ctx, client.ObjectKey{Name: name}, ns)
+	if apierrors.IsNotFound(err) && s.Live != nil {
+		// Created in the same apply as the StatefulSet: not in the cache yet.
+		err = s.Live.Get(ctx, client.ObjectKey{Name: name}, ns)
+	}
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}

@@ -187,7 +187,9 @@ func Start(ctx context.Context, bin, dir string, detached bool) (*ControlPlane, 
 		"--service-account-private-key-file", pki.path("sa.key"), "--root-ca-file", pki.path("ca.crt"),
 		"--leader-elect=false", "--secure-port=0",
 		"--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
-		"--node-monitor-grace-period=60s",
+		// kwok does not heartbeat its nodes here: without a long grace period every node is
+		// marked NotReady after a minute, and every pod with it.
+		"--node-monitor-grace-period=1h", "--node-startup-grace-period=1h",
 	}); err != nil {
 		return nil, err
 	}

@@ -109,6 +109,15 @@ func (r *Reconciler) clustersOnNode(ctx context.Context, node client.Object) []r
 }
 
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	res, err := r.reconcile(ctx, req)
+	if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
+		// The namespace is going away, and everything brokerport made in it with it.
+		return reconcile.Result{}, nil
+	}
+	return res, err
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	sts := &appsv1.StatefulSet{}
 	err := r.Client.Get(ctx, req.NamespacedName, sts)
 	if apierrors.IsNotFound(err) || (err == nil && !patches.IsExposed(sts.Labels)) {
