@@ -64,6 +64,19 @@ out=$(mktemp)
 BROKERPORT_E2E_BIN=$(test/tools/build.sh) BROKERPORT_SCALE_OUT="$out" go test -tags e2e,scale -count=1 -run TestScale ./test/e2e >&2
 cat "$out"
 rm -f "$out"
+cat <<MIGRATE
+
+## Broker migration (\`go test -tags e2e -run TestConvergeMigration ./test/e2e\`)
+
+A broker's node is tainted and its pod deleted; the StatefulSet recreates it and the scheduler
+binds it to another node. Measured on the end-to-end control plane, from the new pod's binding
+(its \`spec.nodeName\` seen by a watch) to ConfigMap \`<sts>-external\` publishing its new address
+(another watch), three migrations. Target: 1 s.
+
+\`\`\`
+MIGRATE
+BROKERPORT_E2E_BIN=$(test/tools/build.sh) go test -tags e2e -count=1 -v -run TestConvergeMigration ./test/e2e 2>&1 | grep -o 'migration: .*'
+echo '```'
 cat <<ALLOC
 
 ## Port allocation (\`go test -bench AllocateBlock ./patches\`)
