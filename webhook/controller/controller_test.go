@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -577,4 +578,20 @@ func TestReconcilePublishesTheProbesKeys(t *testing.T) {
 	data := f.configMap()
 	assert.Equal(t, "redpanda-0 reachable", data["kafka.reachability"])
 	assert.Equal(t, "127.0.1.1:30000,127.0.1.2:30002,127.0.1.3:30004", data["bootstrap.servers"])
+}
+
+func TestBrokerGaugeStates(t *testing.T) {
+	f := newFixture(t)
+	squat := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "squat"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{Name: "web", Port: 80, NodePort: 30003}}}}
+	require.NoError(t, f.client.Create(context.Background(), squat))
+	f.sts.Spec.Replicas = ptr.To[int32](4) // broker 3 has no pod yet
+	require.NoError(t, f.client.Update(context.Background(), f.sts))
+	_, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKeyFromObject(f.sts)})
+	require.NoError(t, err)
+	for state, want := range map[string]float64{"exposed": 2, "pending": 1, "failed": 1} {
+		var m dto.Metric
+		require.NoError(t, brokerGauge.WithLabelValues("kafka", "redpanda", state).Write(&m))
+		assert.Equal(t, want, m.GetGauge().GetValue(), state)
+	}
 }

@@ -21,7 +21,7 @@ import (
 
 var brokerGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Name: "brokerport_brokers",
-	Help: "Brokers of each opted-in StatefulSet, by state: exposed (reachable at the published address on the ports its StatefulSet gives it) or not_exposed (the ConfigMap's status key says why).",
+	Help: "Brokers of each opted-in StatefulSet, by state: exposed (reachable at the published address on the ports its StatefulSet gives it), pending (coming, going or rolling) or failed (a fault); the ConfigMap's status key says why.",
 }, []string{"namespace", "statefulset", "state"})
 
 func init() { metrics.Registry.MustRegister(brokerGauge) }
@@ -39,14 +39,14 @@ const statusExposed = "exposed"
 func (r *Reconciler) publish(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, states []patches.BrokerState) error {
 	data := Addresses(cfg, states)
 	r.mergeReachability(sts, data)
-	exposed := 0
+	counts := map[string]int{"exposed": 0, "pending": 0, "failed": 0}
 	for _, s := range states {
-		if s.Exposed {
-			exposed++
-		}
+		counts[brokerState(s)]++
 	}
-	brokerGauge.WithLabelValues(sts.Namespace, sts.Name, "exposed").Set(float64(exposed))
-	brokerGauge.WithLabelValues(sts.Namespace, sts.Name, "not_exposed").Set(float64(len(states) - exposed))
+	for state, n := range counts {
+		brokerGauge.WithLabelValues(sts.Namespace, sts.Name, state).Set(float64(n))
+	}
+	exposed := counts["exposed"]
 
 	want := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
@@ -144,6 +144,18 @@ func (r *Reconciler) reportChanges(sts *appsv1.StatefulSet, cfg patches.Config, 
 	if exposed == len(states) && !allBefore {
 		r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "Exposed", "Publish", "all %d brokers exposed on ports %s; addresses in ConfigMap %s", len(states), cfg.Block(), ConfigMapName(sts.Name))
 	}
+}
+
+// brokerState is a broker's state for the metric: exposed, pending (coming, going or rolling)
+// or failed (a fault the status key names).
+func brokerState(s patches.BrokerState) string {
+	switch {
+	case s.Exposed:
+		return "exposed"
+	case s.Transient:
+		return "pending"
+	}
+	return "failed"
 }
 
 func statusOf(s patches.BrokerState) string {
