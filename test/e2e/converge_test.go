@@ -378,8 +378,10 @@ func convergeNamespace(t *testing.T, ctx context.Context, name string, labels ma
 			}
 			assert.Empty(t, forbidden, "brokerport made calls its RBAC forbids while namespace %s existed", name)
 		}()
-		if err := env.admin.DeleteAllOf(ctx, &appsv1.StatefulSet{}, client.InNamespace(name)); err != nil {
-			t.Errorf("deleting the StatefulSets of %s: %v", name, err)
+		for _, kind := range []client.Object{&appsv1.StatefulSet{}, &appsv1.Deployment{}, &corev1.Pod{}} {
+			if err := env.admin.DeleteAllOf(ctx, kind, client.InNamespace(name)); err != nil {
+				t.Errorf("deleting the %T of %s: %v", kind, name, err)
+			}
 		}
 		assert.NoError(t, waitFor(ctx, 2*time.Minute, "the pods, broker Services and ConfigMaps of "+name+" gone", func() error {
 			var pods corev1.PodList

@@ -55,10 +55,10 @@ func TestMatchConditions(t *testing.T) {
 			WithWebhooks(admissionregistrationv1ac.MutatingWebhook().WithName(bindingsWebhook))
 		assert.NoError(t, env.admin.Apply(ctx, apply, client.FieldOwner(matchconditions.FieldManager), client.ForceOwnership))
 		assert.Empty(t, bindingConditions(ctx))
-		for _, ns := range []string{"mc-plain", "mc-brokers"} {
-			assert.NoError(t, client.IgnoreNotFound(env.admin.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})))
-		}
 	})
+	// Gone, with everything brokerport made in them, before the next scenario takes their ports.
+	convergeNamespace(t, ctx, "mc-plain", nil)
+	convergeNamespace(t, ctx, "mc-brokers", nil)
 
 	require.NoError(t, waitFor(ctx, 30*time.Second, "matchConditions written", func() error {
 		if conds := bindingConditions(ctx); len(conds) == 0 {
@@ -94,7 +94,6 @@ func TestMatchConditions(t *testing.T) {
 	})
 
 	t.Run("other pods are never sent", func(t *testing.T) {
-		require.NoError(t, env.admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mc-plain"}}))
 		before := bindingCalls(t, ctx)
 		labels := map[string]string{"app": "web"}
 		require.NoError(t, env.admin.Create(ctx, &appsv1.Deployment{
@@ -113,7 +112,6 @@ func TestMatchConditions(t *testing.T) {
 	})
 
 	t.Run("every broker is sent", func(t *testing.T) {
-		require.NoError(t, env.admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mc-brokers"}}))
 		// Opt in with no replica, wait for the conditions, then scale: no binding can race them.
 		require.NoError(t, env.admin.Create(ctx, brokerStatefulSet("mc-brokers", "kafka", 0)))
 		require.NoError(t, waitFor(ctx, 30*time.Second, "the conditions name mc-brokers/kafka", func() error {

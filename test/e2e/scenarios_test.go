@@ -180,7 +180,7 @@ func nodeAddressChange(t *testing.T, ctx context.Context) {
 		}
 		for _, e := range list.Items {
 			if e.Reason == "RestartRequired" && e.Regarding.Name == pod.Name &&
-				strings.Contains(e.Note, fmt.Sprintf("changed from %s to %s", before, moved)) {
+				strings.Contains(e.Note, fmt.Sprintf("said %s, but node %s's address is %s", before, node.Name, moved)) {
 				return nil
 			}
 		}
@@ -192,9 +192,11 @@ func nodeAddressChange(t *testing.T, ctx context.Context) {
 func dryRun(t *testing.T, ctx context.Context) {
 	sts := &appsv1.StatefulSet{}
 	require.NoError(t, env.admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: stsName}, sts))
+	// As the StatefulSet controller would make it: controlled by the StatefulSet.
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "redpanda-7", Namespace: ns, Labels: sts.Spec.Template.Labels, Annotations: sts.Spec.Template.Annotations},
-		Spec:       *sts.Spec.Template.Spec.DeepCopy(),
+		ObjectMeta: metav1.ObjectMeta{Name: "redpanda-7", Namespace: ns, Labels: sts.Spec.Template.Labels, Annotations: sts.Spec.Template.Annotations,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))}},
+		Spec: *sts.Spec.Template.Spec.DeepCopy(),
 	}
 	require.NoError(t, env.admin.Create(ctx, pod, client.DryRunAll))
 	assert.Equal(t, []int32{30028, 30029, 30030, 30031}, hostPorts(pod), "the response carries the mutation")
