@@ -2,6 +2,8 @@ package patches
 
 import (
 	"fmt"
+	"net/netip"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -39,7 +41,7 @@ func SelectAddress(node *corev1.Node, cfg Config) (NodeAddress, error) {
 	}
 	for _, want := range cfg.AddressTypes {
 		for _, a := range node.Status.Addresses {
-			if a.Type == want && a.Address != "" {
+			if a.Type == want && a.Address != "" && cfg.IPFamily.accepts(a.Address) {
 				out.Host = a.Address
 				if out.Fallback != "" {
 					out.Fallback += fmt.Sprintf("; using its %s %s instead", a.Type, a.Address)
@@ -52,8 +54,41 @@ func SelectAddress(node *corev1.Node, cfg Config) (NodeAddress, error) {
 	for _, a := range node.Status.Addresses {
 		have = append(have, fmt.Sprintf("%s=%s", a.Type, a.Address))
 	}
-	if out.Fallback != "" {
-		return out, fmt.Errorf("%s, and it has no address of the accepted types %v either (it has %v)", out.Fallback, cfg.AddressTypes, have)
+	accepted := fmt.Sprint(cfg.AddressTypes)
+	if cfg.IPFamily != "" {
+		accepted += " of family " + string(cfg.IPFamily) + " (" + AnnotationIPFamily + ")"
 	}
-	return out, fmt.Errorf("node %q has no address of the accepted types %v (it has %v); set %s or %s", node.Name, cfg.AddressTypes, have, AnnotationAddressTypes, AnnotationHostTemplate)
+	if out.Fallback != "" {
+		return out, fmt.Errorf("%s, and it has no address of the accepted types %s either (it has %v)", out.Fallback, accepted, have)
+	}
+	return out, fmt.Errorf("node %q has no address of the accepted types %s (it has %v); set %s or %s", node.Name, accepted, have, AnnotationAddressTypes, AnnotationHostTemplate)
+}
+
+// IPFamily restricts a dual-stack node's IP addresses to one family; "" takes the first address
+// of the preferred type, whatever its family.
+type IPFamily string
+
+const (
+	IPFamilyAny IPFamily = ""
+	IPv4        IPFamily = "IPv4"
+	IPv6        IPFamily = "IPv6"
+)
+
+// accepts tells whether a node address is of the family. Names (DNS, Hostname) have no family
+// of their own and are always accepted.
+func (f IPFamily) accepts(address string) bool {
+	ip, err := netip.ParseAddr(address)
+	if f == IPFamilyAny || err != nil {
+		return true
+	}
+	return (f == IPv6) == (ip.Is6() && !ip.Is4In6())
+}
+
+// HostURI is a host as it goes before ":port" in an address: an IPv6 literal in brackets
+// (RFC 3986), any other host as it is.
+func HostURI(host string) string {
+	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+		return "[" + host + "]"
+	}
+	return host
 }

@@ -30,6 +30,9 @@ const (
 	FlavorNone    Flavor = ""
 	FlavorKafka   Flavor = "kafka"   // Apache Kafka images: KAFKA_LISTENERS, ...
 	FlavorBitnami Flavor = "bitnami" // Bitnami images: KAFKA_CFG_LISTENERS, ...
+	// FlavorRedpanda: the Redpanda Helm chart (and the Redpanda Operator, which renders it); see
+	// flavor_redpanda.go.
+	FlavorRedpanda Flavor = "redpanda"
 )
 
 // envPrefix is where the flavor's configuration variables start.
@@ -104,6 +107,7 @@ type Config struct {
 	Flavor           Flavor
 	ListenerName     string
 	SecurityProtocol string
+	IPFamily         IPFamily
 }
 
 // BlockSize is how many ports the StatefulSet reserves: one per listener per possible broker.
@@ -195,10 +199,10 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 	}
 	if v, ok := annotations[AnnotationFlavor]; ok {
 		switch f := Flavor(v); f {
-		case FlavorKafka, FlavorBitnami:
+		case FlavorKafka, FlavorBitnami, FlavorRedpanda:
 			cfg.Flavor = f
 		default:
-			invalid(AnnotationFlavor, v, `accepted values: "kafka" (Apache Kafka images, KAFKA_*), "bitnami" (KAFKA_CFG_*)`)
+			invalid(AnnotationFlavor, v, `accepted values: "kafka" (Apache Kafka images, KAFKA_*), "bitnami" (KAFKA_CFG_*), "redpanda" (the Redpanda chart)`)
 		}
 	}
 	if v, ok := annotations[AnnotationListenerName]; ok {
@@ -216,7 +220,20 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 		}
 	}
 
-	if cfg.Flavor != FlavorNone {
+	if v, ok := annotations[AnnotationIPFamily]; ok {
+		switch f := IPFamily(v); f {
+		case IPv4, IPv6:
+			cfg.IPFamily = f
+		default:
+			invalid(AnnotationIPFamily, v, `accepted values: "IPv4", "IPv6"; remove it to take the node's first address of the preferred type`)
+		}
+	}
+
+	if cfg.Flavor == FlavorRedpanda {
+		if cfg.AdvertiseEnv != "" {
+			invalid(AnnotationAdvertiseEnv, cfg.AdvertiseEnv, "flavor \"redpanda\" advertises through the chart's redpanda.yaml, not an environment variable; remove one of the two")
+		}
+	} else if cfg.Flavor != FlavorNone {
 		want := cfg.Flavor.envPrefix() + "ADVERTISED_LISTENERS"
 		if cfg.AdvertiseEnv == "" {
 			cfg.AdvertiseEnv = want

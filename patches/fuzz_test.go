@@ -1,6 +1,7 @@
 package patches
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -22,6 +23,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add("kafka=9094,http=8083", "30000", "8", "ExternalIP,InternalIP", "{{.Node}}.example.com", "KAFKA_ADVERTISED_LISTENERS", "kafka")
 	f.Add("", "0", "-1", "", "{{", "1X", "confluent")
 	f.Add("a=1,b=65535", "65535", "1000", "Hostname", "{{.Zone}}", "X", "bitnami")
+	f.Add("kafka=9094,http=8083", "30000", "3", "ExternalIP", "", "", "redpanda")
 	f.Fuzz(func(t *testing.T, listeners, portBase, maxBrokers, addressTypes, hostTemplate, advertiseEnv, flavor string) {
 		cfg, errs := ParseConfig(map[string]string{
 			AnnotationListeners: listeners, AnnotationPortBase: portBase, AnnotationMaxBrokers: maxBrokers,
@@ -41,6 +43,24 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if cfg.PortBase != 0 && cfg.Block().Last > 65535 {
 			t.Fatalf("accepted a block past 65535: %v", cfg.Block())
+		}
+	})
+}
+
+// FuzzHostURI: whatever a node's address is, host-uri:port splits back into exactly that host,
+// and an IP literal stays one.
+func FuzzHostURI(f *testing.F) {
+	for _, h := range []string{"203.0.113.1", "2001:db8::1", "::1", "::ffff:1.2.3.4", "fe80::1%eth0", "node-1.example.com", ""} {
+		f.Add(h)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		if strings.ContainsAny(host, "[]") {
+			return // not a node address: neither an IP literal nor a DNS name
+		}
+		uri := HostURI(host)
+		got, port, err := net.SplitHostPort(uri + ":30000")
+		if err != nil || got != host || port != "30000" {
+			t.Fatalf("HostURI(%q) = %q, which splits into %q, %q, %v", host, uri, got, port, err)
 		}
 	})
 }

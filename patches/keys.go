@@ -30,6 +30,7 @@ const (
 	AnnotationFlavor           = "brokerport.io/flavor"
 	AnnotationListenerName     = "brokerport.io/listener-name"
 	AnnotationSecurityProtocol = "brokerport.io/security-protocol"
+	AnnotationIPFamily         = "brokerport.io/ip-family"
 )
 
 // configAnnotations are the annotations copied from a StatefulSet into its pod template, in a
@@ -45,13 +46,18 @@ var configAnnotations = []string{
 	AnnotationFlavor,
 	AnnotationListenerName,
 	AnnotationSecurityProtocol,
+	AnnotationIPFamily,
 }
 
 // Address annotations, written on a broker pod when it is bound to a node.
 const (
 	AnnotationHost = "brokerport.io/host"
-	AnnotationZone = "brokerport.io/zone"
-	AnnotationNode = "brokerport.io/node"
+	// AnnotationHostURI is the host as it goes before ":port": an IPv6 literal in brackets, any
+	// other host as it is. The kubelet expands $(VAR) without conditions, so the brackets have to
+	// be in the value itself.
+	AnnotationHostURI = "brokerport.io/host-uri"
+	AnnotationZone    = "brokerport.io/zone"
+	AnnotationNode    = "brokerport.io/node"
 )
 
 // Labels set by Kubernetes that brokerport reads.

@@ -84,6 +84,11 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 	if err := advertise(c, broker.Config, containers.Index(ci).Child("env")); err != nil {
 		return field.ErrorList{err}
 	}
+	if broker.Config.Flavor == FlavorRedpanda {
+		if err := advertiseRedpanda(pod, ci, broker.Config); err != nil {
+			return field.ErrorList{err}
+		}
+	}
 	env := brokerEnv(broker)
 	c.Env = withBrokerEnv(c.Env, env)
 	for i := range pod.Spec.InitContainers {
@@ -111,6 +116,7 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 // SetAddress writes a node's address annotations.
 func SetAddress(meta *metav1.ObjectMeta, addr NodeAddress) {
 	meta.Annotations = setKey(meta.Annotations, AnnotationHost, addr.Host)
+	meta.Annotations = setKey(meta.Annotations, AnnotationHostURI, HostURI(addr.Host))
 	meta.Annotations = setKey(meta.Annotations, AnnotationZone, addr.Zone)
 	meta.Annotations = setKey(meta.Annotations, AnnotationNode, addr.Node)
 }
@@ -270,6 +276,7 @@ func brokerEnv(b Broker) []corev1.EnvVar {
 	env := []corev1.EnvVar{
 		{Name: EnvPrefix + "NODE_NAME", ValueFrom: fieldRef("spec.nodeName")},
 		{Name: EnvPrefix + "HOST", ValueFrom: fieldRef(annotationRef(AnnotationHost))},
+		{Name: hostURIVar, ValueFrom: fieldRef(annotationRef(AnnotationHostURI))},
 		{Name: EnvPrefix + "ZONE", ValueFrom: fieldRef(annotationRef(AnnotationZone))},
 		{Name: EnvPrefix + "ORDINAL", Value: strconv.Itoa(b.Ordinal)},
 	}
@@ -277,11 +284,14 @@ func brokerEnv(b Broker) []corev1.EnvVar {
 		port := portVar(listener)
 		env = append(env,
 			corev1.EnvVar{Name: port, Value: strconv.Itoa(int(b.Config.Port(b.Ordinal, l)))},
-			corev1.EnvVar{Name: addressVar(listener), Value: fmt.Sprintf("$(%sHOST):$(%s)", EnvPrefix, port)},
+			corev1.EnvVar{Name: addressVar(listener), Value: fmt.Sprintf("$(%s):$(%s)", hostURIVar, port)},
 		)
 	}
 	return env
 }
+
+// hostURIVar is the host as it goes before ":port" (see AnnotationHostURI).
+const hostURIVar = EnvPrefix + "HOST_URI"
 
 func portVar(l Listener) string    { return EnvPrefix + l.EnvName() + "_PORT" }
 func addressVar(l Listener) string { return EnvPrefix + l.EnvName() + "_ADDRESS" }
@@ -320,11 +330,13 @@ func advertise(c *corev1.Container, cfg Config, envPath *field.Path) *field.Erro
 	}
 	kafka := cfg.Listeners[0]
 	name := cfg.ListenerName
-	entries := []listenerEntry{{variable: cfg.AdvertiseEnv, entry: fmt.Sprintf("%s://$(%sHOST):$(%s)", name, EnvPrefix, portVar(kafka))}}
+	entries := []listenerEntry{{variable: cfg.AdvertiseEnv, entry: fmt.Sprintf("%s://$(%s):$(%s)", name, hostURIVar, portVar(kafka))}}
 	if cfg.Flavor != FlavorNone {
 		prefix := cfg.Flavor.envPrefix()
 		entries = append(entries,
-			listenerEntry{variable: prefix + "LISTENERS", entry: fmt.Sprintf("%s://0.0.0.0:%d", name, kafka.ContainerPort), binds: kafka.ContainerPort},
+			// An empty host binds every interface of every address family (0.0.0.0 would be
+			// IPv4 only).
+			listenerEntry{variable: prefix + "LISTENERS", entry: fmt.Sprintf("%s://:%d", name, kafka.ContainerPort), binds: kafka.ContainerPort},
 			listenerEntry{variable: prefix + "LISTENER_SECURITY_PROTOCOL_MAP", entry: fmt.Sprintf("%s:%s", name, cfg.SecurityProtocol)},
 		)
 	}

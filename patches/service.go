@@ -140,3 +140,24 @@ func listenerNames(cfg Config) []string {
 	}
 	return names
 }
+
+// CheckOrphanServicePorts refuses an update of a broker Service whose StatefulSet is no longer
+// opted in that takes a nodePort of brokerport's band the Service did not hold: the API server's
+// band policy lets broker Services through for the Service webhook to check, and with no
+// StatefulSet there is no block to check against.
+func CheckOrphanServicePorts(old, svc *corev1.Service, band PortRange) field.ErrorList {
+	held := map[int32]bool{}
+	if old != nil {
+		for _, p := range old.Spec.Ports {
+			held[p.NodePort] = true
+		}
+	}
+	var errs field.ErrorList
+	for i, p := range svc.Spec.Ports {
+		if p.NodePort >= band.First && p.NodePort <= band.Last && !held[p.NodePort] {
+			errs = append(errs, field.Forbidden(field.NewPath("spec", "ports").Index(i).Child("nodePort"),
+				fmt.Sprintf("%d is in brokerport's port band %s, and StatefulSet %q is no longer opted in: this Service keeps only the nodePorts it held", p.NodePort, band, svc.Labels[LabelCluster])))
+		}
+	}
+	return errs
+}

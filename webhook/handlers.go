@@ -102,23 +102,37 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 	if !patches.IsExposed(sts.Labels) {
 		unchanged = "not opted in"
 	}
-	return patchResponseFromRaw(req.Object.Raw, sts, mutated, unchanged)
+	resp := statefulSetPatchResponse(req.Object.Raw, sts, mutated, unchanged)
+	// Exposed but advertising nothing of brokerport's: admitted, and kubectl prints why clients
+	// will not reach the brokers, with the fix for the image.
+	if cfg, errs := patches.ParseConfig(mutated.Annotations, nil, h.opts); resp.Allowed && len(errs) == 0 {
+		if advice := patches.AdviseStatefulSet(mutated, cfg, h.opts); advice != "" {
+			resp.Warnings = append(resp.Warnings, advice)
+			h.report(req, sts, "NotAdvertised", advice)
+		}
+	}
+	return resp
 }
 
 // reportExhausted says on the StatefulSet, where `kubectl describe` shows it, that no port block
 // was free: the denial reaches only whoever applied the change, which may be a GitOps tool. Not
 // on a dry run (the webhook entry declares sideEffects: NoneOnDryRun).
 func (h *StatefulSetHandler) reportExhausted(req admission.Request, sts *appsv1.StatefulSet, errs field.ErrorList) {
+	for _, err := range errs {
+		if err.Origin == patches.OriginPortRangeExhausted {
+			h.report(req, sts, "PortRangeExhausted", err.Detail)
+		}
+	}
+}
+
+// report records a Warning Event on the StatefulSet, not on a dry run.
+func (h *StatefulSetHandler) report(req admission.Request, sts *appsv1.StatefulSet, reason, message string) {
 	if h.Events == nil || (req.DryRun != nil && *req.DryRun) {
 		return
 	}
-	for _, err := range errs {
-		if err.Origin == patches.OriginPortRangeExhausted {
-			regarding := sts.DeepCopy()
-			regarding.Namespace = req.Namespace
-			h.Events.Eventf(regarding, nil, corev1.EventTypeWarning, "PortRangeExhausted", "AssignPorts", "%s", err.Detail)
-		}
-	}
+	regarding := sts.DeepCopy()
+	regarding.Namespace = req.Namespace
+	h.Events.Eventf(regarding, nil, corev1.EventTypeWarning, reason, "Expose", "%s", message)
 }
 
 // PodHandler exposes a broker pod on create: hostPorts, one broker per node, brokerport's
@@ -153,7 +167,7 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 		// without brokerport rather than wait for an address no one will give it.
 		mutated := pod.DeepCopy()
 		patches.StripPod(mutated)
-		resp := patchResponse(pod, mutated, "")
+		resp := podPatchResponse(req.Object.Raw, pod, mutated, "")
 		resp.Warnings = append(resp.Warnings, fmt.Sprintf("StatefulSet %s/%s is no longer opted in: brokerport left pod %s out", req.Namespace, pod.Labels[patches.LabelCluster], pod.Name))
 		return resp
 	}
@@ -168,11 +182,7 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 	if errs := patches.MutatePod(mutated, node, h.opts); len(errs) > 0 {
 		return denied(podKind, objectName(req, pod.Name), errs)
 	}
-	if len(pod.Spec.InitContainers) > 0 && len(mutated.Spec.InitContainers) != len(pod.Spec.InitContainers) {
-		// The gate went in ahead of the pod's own init containers, shifting them.
-		return patchResponseFromRaw(req.Object.Raw, pod, mutated, "already as brokerport wants it")
-	}
-	return patchResponse(pod, mutated, "already as brokerport wants it")
+	return podPatchResponse(req.Object.Raw, pod, mutated, "already as brokerport wants it")
 }
 
 type podOwner int
@@ -236,7 +246,15 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 	}
 	if sts == nil {
 		if req.Operation == admissionv1.Update {
-			// The StatefulSet opted out; the controller removes its Services.
+			// The StatefulSet opted out; the controller removes its Services. Until then, no new
+			// port of the band.
+			old := &corev1.Service{}
+			if err := h.decoder.DecodeRaw(req.OldObject, old); err != nil {
+				return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the old Service: %w", err))
+			}
+			if errs := patches.CheckOrphanServicePorts(old, svc, h.opts.PortRange); len(errs) > 0 {
+				return denied(serviceKind, objectName(req, svc.Name), errs)
+			}
 			return admission.Allowed(fmt.Sprintf("StatefulSet %s/%s is no longer opted in", req.Namespace, cluster))
 		}
 		return denied(serviceKind, objectName(req, svc.Name), field.ErrorList{field.Invalid(field.NewPath("metadata", "labels").Key(patches.LabelCluster), cluster,

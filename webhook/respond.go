@@ -10,6 +10,8 @@ import (
 
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -60,6 +62,63 @@ func patchResponseFromRaw(raw []byte, original, mutated any, unchanged string) a
 		return admission.Allowed(unchanged)
 	}
 	return patched
+}
+
+// patchByDiff makes the pod and StatefulSet responses diff their encodings as they used to, for
+// the benchmarks and tests that compare the two ways. Never set outside tests.
+var patchByDiff = false
+
+// observeDirect, set only by tests, sees every direct patch with what it was built from.
+var observeDirect func(raw []byte, original, mutated any, ops []jsonpatch.JsonPatchOperation, ok bool)
+
+// podPatchResponse answers with the patch that turns the request's pod into mutated, built from
+// what changed (directPodPatch); when the change is one that walk does not model, from the diff
+// of the raw request.
+func podPatchResponse(raw []byte, original, mutated *corev1.Pod, unchanged string) admission.Response {
+	if patchByDiff {
+		return podDiffResponse(raw, original, mutated, unchanged)
+	}
+	ops, ok := directPodPatch(original, mutated)
+	if observeDirect != nil {
+		observeDirect(raw, original, mutated, ops, ok)
+	}
+	if !ok {
+		return patchResponseFromRaw(raw, original, mutated, unchanged)
+	}
+	return opsResponse(ops, unchanged)
+}
+
+// podDiffResponse is how the pod handler answered before direct patches: the diff of the
+// encodings, from the raw request when the gate shifted the pod's init containers.
+func podDiffResponse(raw []byte, original, mutated *corev1.Pod, unchanged string) admission.Response {
+	if len(original.Spec.InitContainers) > 0 && len(mutated.Spec.InitContainers) != len(original.Spec.InitContainers) {
+		return patchResponseFromRaw(raw, original, mutated, unchanged)
+	}
+	return patchResponse(original, mutated, unchanged)
+}
+
+// statefulSetPatchResponse is podPatchResponse for a StatefulSet.
+func statefulSetPatchResponse(raw []byte, original, mutated *appsv1.StatefulSet, unchanged string) admission.Response {
+	if patchByDiff {
+		return patchResponseFromRaw(raw, original, mutated, unchanged)
+	}
+	ops, ok := directStatefulSetPatch(raw, original, mutated)
+	if observeDirect != nil {
+		observeDirect(raw, original, mutated, ops, ok)
+	}
+	if !ok {
+		return patchResponseFromRaw(raw, original, mutated, unchanged)
+	}
+	return opsResponse(ops, unchanged)
+}
+
+// opsResponse is the response PatchResponseFromRaw gives for ops.
+func opsResponse(ops []jsonpatch.JsonPatchOperation, unchanged string) admission.Response {
+	if len(ops) == 0 {
+		return admission.Allowed(unchanged)
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	return admission.Response{Patches: ops, AdmissionResponse: admissionv1.AdmissionResponse{Allowed: true, PatchType: &pt}}
 }
 
 // encodeBoth encodes both objects; resp is set when there is nothing more to do.

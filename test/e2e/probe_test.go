@@ -44,10 +44,6 @@ const (
 	// own probe runs too (every 30 s).
 	probeReporter = "brokerport-probe-e2e"
 	probePeriod   = 2 * time.Second
-	// probePortBase is set explicitly, at the top of the default band (2 brokers x 2 listeners:
-	// 30076-30079), away from the blocks the other scenarios are assigned from the bottom, so
-	// that the brokers this test listens as never share a port with another test's.
-	probePortBase = "30076"
 )
 
 // TestProbe runs the probe in this process with brokerport's ServiceAccount token (its real
@@ -58,18 +54,13 @@ const (
 func TestProbe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		assert.NoError(t, client.IgnoreNotFound(env.admin.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: probeNS}})))
-	})
-	require.NoError(t, env.admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: probeNS}}))
+	convergeNamespace(t, ctx, probeNS, nil)
 	labels := map[string]string{"app": probeSTS}
 	require.NoError(t, env.admin.Create(ctx, &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: probeNS, Name: probeSTS,
 			Labels: map[string]string{patches.LabelExpose: patches.ExposeValue},
 			Annotations: map[string]string{patches.AnnotationListeners: "kafka=9094,admin=9644", patches.AnnotationMaxBrokers: "2",
-				patches.AnnotationPortBase: probePortBase, patches.AnnotationAddressTypes: "ExternalIP"}},
+				patches.AnnotationAddressTypes: "ExternalIP"}},
 		Spec: appsv1.StatefulSetSpec{
 			Replicas: ptrTo(int32(2)), Selector: &metav1.LabelSelector{MatchLabels: labels},
 			PodManagementPolicy: appsv1.ParallelPodManagement,
@@ -84,10 +75,17 @@ func TestProbe(t *testing.T) {
 	pub := probe.ParsePublished(cm.Data)
 	require.Equal(t, []string{"kafka", "admin"}, pub.Listeners)
 	require.Len(t, pub.Brokers, 2)
+	// The block brokerport assigned (2 brokers x 2 listeners): the brokers this test listens as
+	// never share a port with another test's.
+	sts := &appsv1.StatefulSet{}
+	require.NoError(t, env.admin.Get(ctx, client.ObjectKey{Namespace: probeNS, Name: probeSTS}, sts))
+	base, err := strconv.Atoi(sts.Annotations[patches.AnnotationPortBase])
+	require.NoError(t, err)
 	for _, b := range pub.Brokers {
 		for _, addr := range b.Addresses {
-			_, port, _ := net.SplitHostPort(addr)
-			require.True(t, port >= "30076" && port <= "30079", "%s publishes %s outside the test's block", b.Pod, addr)
+			_, portText, _ := net.SplitHostPort(addr)
+			port, _ := strconv.Atoi(portText)
+			require.True(t, port >= base && port < base+4, "%s publishes %s outside the test's block", b.Pod, addr)
 		}
 	}
 

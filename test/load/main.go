@@ -217,7 +217,7 @@ func serve(dir string) (ctrlwebhook.Server, int, error) {
 		return nil, 0, err
 	}
 	server := ctrlwebhook.NewServer(ctrlwebhook.Options{Host: "127.0.0.1", Port: port, CertDir: dir, TLSOpts: webhook.TLSOptions()})
-	webhook.Register(server, scheme, snapshot, events.NewFakeRecorder(100), opts)
+	webhook.Register(server, scheme, snapshot, &events.FakeRecorder{}, opts) // drops Events: a full channel would block the handler
 	server.Register(webhook.PathBindings, &admission.Webhook{Handler: webhook.NewBindingHandler(scheme, clusters, reader, reader, snapshot, events.NewFakeRecorder(1), opts)})
 	server.Register("/noop", &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
 		return admission.Allowed("")

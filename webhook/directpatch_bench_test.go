@@ -1,0 +1,72 @@
+package webhook
+
+import (
+	"testing"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	sigsjson "sigs.k8s.io/json"
+
+	"github.com/brokerport/brokerport/patches"
+)
+
+// BenchmarkPodPatch is the patch alone, diffed and direct, for the bench pod with the gate.
+func BenchmarkPodPatch(b *testing.B) {
+	raw := benchInput(b, "testdata/bench/pod-redpanda.yaml")
+	pod := &corev1.Pod{}
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, pod); err != nil {
+		b.Fatal(err)
+	}
+	opts := patches.DefaultOptions()
+	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
+	mutated := pod.DeepCopy()
+	if errs := patches.MutatePod(mutated, nil, opts); len(errs) > 0 {
+		b.Fatal(errs)
+	}
+	b.Run("diff", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			podDiffResponse(raw, pod, mutated, "")
+		}
+	})
+	b.Run("direct", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := directPodPatch(pod, mutated); !ok {
+				b.Fatal("fell back")
+			}
+		}
+	})
+	b.Run("direct-rest-check", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			podRestEqual(pod, mutated)
+		}
+	})
+}
+
+// BenchmarkDecodePod is what is left of the pod handler's decoding: controller-runtime's decoder
+// (the scheme's codec, which first decodes the whole request with encoding/json to read
+// apiVersion and kind) against decoding the request straight into the Pod.
+func BenchmarkDecodePod(b *testing.B) {
+	raw := benchInput(b, "testdata/bench/pod-redpanda.yaml")
+	req := benchRequest(admissionv1.Create, "redpanda", "redpanda-1", raw)
+	decoder := admission.NewDecoder(Scheme())
+	b.Run("codec", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := decoder.Decode(req, &corev1.Pod{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("sigs.k8s.io/json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &corev1.Pod{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
