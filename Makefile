@@ -30,9 +30,10 @@ lint: ## go vet (end-to-end code included) and a gofmt check
 # in Go 1.27). 100,000 executions take about 10-25 s per fuzzer on 2 cores.
 FUZZTIME ?= 100000x
 fuzz: ## run each fuzzer for FUZZTIME (100000x, about 20 s each)
-	@for f in FuzzParseConfig FuzzMutatePod FuzzMutateStatefulSet FuzzMutateService FuzzHostTemplate FuzzPlanServices; do \
+	@for f in FuzzParseConfig FuzzMutatePod FuzzMutateStatefulSet FuzzMutateService FuzzHostTemplate FuzzHostURI FuzzPlanServices; do \
 	  echo ">> $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./patches || exit 1; done
-	@echo ">> FuzzServeHTTP"; $(GO) test -run '^$$' -fuzz '^FuzzServeHTTP$$' -fuzztime $(FUZZTIME) ./webhook
+	@for f in FuzzServeHTTP FuzzDirectPatch; do \
+	  echo ">> $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./webhook || exit 1; done
 
 bench: ## handler benchmarks, the load harness and informer memory; rewrites BENCHMARKS.md
 	test/load/bench.sh > BENCHMARKS.md.tmp && mv BENCHMARKS.md.tmp BENCHMARKS.md && cat BENCHMARKS.md
