@@ -99,7 +99,7 @@ func TestMatchConditions(t *testing.T) {
 		require.NoError(t, env.admin.Create(ctx, &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "mc-plain", Name: "web"},
 			Spec: appsv1.DeploymentSpec{
-				Replicas: ptrTo(int32(50)), Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Replicas: ptrTo(int32(200)), Selector: &metav1.LabelSelector{MatchLabels: labels},
 				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
 					Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web"}}}},
 			},
@@ -107,7 +107,7 @@ func TestMatchConditions(t *testing.T) {
 		// A bare pod named like a broker of a StatefulSet that is not opted in.
 		require.NoError(t, env.admin.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "mc-plain", Name: "redpanda-0"},
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web"}}}}))
-		require.NoError(t, waitFor(ctx, 60*time.Second, "51 pods bound", func() error { return bound(ctx, "mc-plain", 51) }))
+		require.NoError(t, waitFor(ctx, 2*time.Minute, "201 pods bound", func() error { return bound(ctx, "mc-plain", 201) }))
 		assert.Equal(t, 0.0, bindingCalls(t, ctx)-before, "calls to %s for pods that are not brokers", bindingsWebhook)
 	})
 
