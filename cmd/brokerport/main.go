@@ -127,6 +127,8 @@ func serve(args []string) error {
 	certSecret := fs.String("cert-secret", "brokerport-webhook-tls", "Secret holding the self-managed certificates")
 	webhookConfig := fs.String("webhook-config", "brokerport", "MutatingWebhookConfiguration whose caBundle the self-managed CA is written to")
 	certHosts := fs.String("cert-hosts", "", "comma-separated DNS names and IPs of the self-managed serving certificate (default: the brokerport-webhook Service's names in --namespace)")
+	certLifetime := fs.Duration("cert-lifetime", 0, "lifetime of the self-managed CA and serving certificate, renewed at 2/3 of it; for tests and short-lived clusters (default: CA 10 years, serving certificate 1 year)")
+	certGrace := fs.Duration("cert-grace", certs.Options{}.Defaults().Grace, "how long the caBundle carries a new self-managed CA before a certificate it signed is served; shorter only for tests and short-lived clusters, and less than a third of --cert-lifetime")
 	probePeriod := fs.Duration("probe-period", probe.DefaultPeriod, "how often the elected replica dials every published broker address (jittered ±10%); 0 turns the probe off")
 	probeConcurrency := fs.Int("probe-concurrency", probe.DefaultConcurrency, "brokers probed at once (each broker gets one connection at a time)")
 	options := optionFlags(fs)
@@ -138,6 +140,9 @@ func serve(args []string) error {
 	opts, err := options()
 	if err != nil {
 		return err
+	}
+	if *certLifetime != 0 && (*certLifetime < 0 || *certGrace >= *certLifetime/3) {
+		return fmt.Errorf("--cert-grace %s must be less than a third of --cert-lifetime %s: a CA must be published for the grace period before the previous one expires", *certGrace, *certLifetime)
 	}
 	opts.GateImage = *gateImage
 	if opts.GateResources, err = gateResources(*gateCPU, *gateMemory); err != nil {
@@ -176,6 +181,7 @@ func serve(args []string) error {
 		}
 		certManager := certs.NewManager(direct, certs.Options{
 			Namespace: *namespace, SecretName: *certSecret, WebhookConfig: *webhookConfig, Hosts: hosts, CertDir: *certDir,
+			CALifetime: *certLifetime, Lifetime: *certLifetime, Grace: *certGrace,
 		})
 		// The webhook server needs its files before it starts; renewals run beside it.
 		if _, err := certManager.Ensure(ctx); err != nil {
