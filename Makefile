@@ -12,9 +12,10 @@ help: ## list the targets
 build: ## build bin/brokerport
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/brokerport
 
-test: ## run every test with the race detector (and the CEL check of the binding matchConditions)
+test: ## run every test with the race detector (and, in their own modules, the CEL check of the binding matchConditions and the Helm chart against the manifests)
 	$(GO) test -race -count=1 ./...
 	cd webhook/matchconditions/celcheck && $(GO) test -count=1 ./...
+	cd manifests/chart/charttest && $(GO) test -count=1 ./...
 
 golden: ## regenerate the golden files from the current code; review the diff before committing
 	$(GO) test ./webhook -run TestGolden -update
