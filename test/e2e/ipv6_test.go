@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -108,76 +106,7 @@ func TestIPv6(t *testing.T) {
 		require.True(t, strings.HasPrefix(server, "[::1]:"), "bootstrap.servers=%q", cm.Data["bootstrap.servers"])
 	}
 
-	require.NoError(t, checkKafkaIPv6(ctx, ns, sts.Name, 3))
-}
-
-// checkKafkaIPv6 is checkKafka for brokers that advertise [::1]:<port>: one kfake broker per
-// pod on [::1] and its hostPort, advertising the EXTERNAL entry of the pod's resolved
-// KAFKA_ADVERTISED_LISTENERS, then franz-go and kcat from the published bootstrap.servers. kcat
-// (librdkafka) names a broker host:port without brackets, so its listing is compared in that
-// form; it still has to produce to and consume from every broker.
-func checkKafkaIPv6(ctx context.Context, namespace, sts string, n int) error {
-	var listens, adverts, kcatNames []string
-	for i := range n {
-		pod := &corev1.Pod{}
-		if err := env.admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: fmt.Sprintf("%s-%d", sts, i)}, pod); err != nil {
-			return err
-		}
-		resolved, err := resolveEnv(pod, "kafka")
-		if err != nil {
-			return err
-		}
-		addr, err := externalListener(resolved)
-		if err != nil {
-			return fmt.Errorf("pod %s: %w", pod.Name, err)
-		}
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			return fmt.Errorf("pod %s advertises %q: %w", pod.Name, addr, err)
-		}
-		listens = append(listens, net.JoinHostPort("::1", fmt.Sprint(kafkaHostPort(pod))))
-		adverts = append(adverts, addr)
-		kcatNames = append(kcatNames, host+":"+port)
-	}
-	const topic = "brokerport-e2e-ipv6"
-	var mu sync.Mutex
-	next := 0
-	cluster, err := kfake.NewCluster(
-		kfake.NumBrokers(n),
-		kfake.SeedTopics(int32(n), topic),
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			i := next
-			next++
-			ln, err := net.Listen("tcp6", listens[i])
-			if err != nil {
-				return nil, err
-			}
-			return advertisingListener{Listener: ln, advertised: adverts[i]}, nil
-		}),
-	)
-	if err != nil {
-		return fmt.Errorf("starting the fake brokers on %v: %w", listens, err)
-	}
-	defer cluster.Close()
-	for p := range n {
-		if err := cluster.MoveTopicPartition(topic, int32(p), int32(p)); err != nil {
-			return err
-		}
-	}
-	cm := &corev1.ConfigMap{}
-	if err := env.admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: controller.ConfigMapName(sts)}, cm); err != nil {
-		return err
-	}
-	bootstrap := cm.Data["bootstrap.servers"]
-	if err := franzRoundTrip(ctx, bootstrap, topic, n, adverts); err != nil {
-		return fmt.Errorf("franz-go: %w", err)
-	}
-	if err := kcatRoundTrip(ctx, bootstrap, topic, n, kcatNames); err != nil {
-		return fmt.Errorf("kcat: %w", err)
-	}
-	return nil
+	require.NoError(t, checkKafka(ctx, ns, sts.Name, "kafka", 3, externalListener, nil))
 }
 
 // ipv6Nodes are kwok nodes with an IPv4 InternalIP and the IPv6 loopback as ExternalIP, tainted

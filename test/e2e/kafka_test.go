@@ -291,7 +291,12 @@ func kcatRoundTrip(ctx context.Context, bootstrap, topic string, n int, adverts 
 	for _, b := range meta.Brokers {
 		listed = append(listed, b.Name)
 	}
-	if !slices.Equal(slices.Sorted(slices.Values(listed)), slices.Sorted(slices.Values(adverts))) {
+	// kcat (librdkafka) names a broker host:port without the brackets of an IPv6 host.
+	unbracketed := make([]string, len(adverts))
+	for i, a := range adverts {
+		unbracketed[i] = strings.NewReplacer("[", "", "]", "").Replace(a)
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(listed)), slices.Sorted(slices.Values(unbracketed))) {
 		return fmt.Errorf("kcat -L lists brokers %v, want %v", listed, adverts)
 	}
 	for p := range n {
