@@ -58,6 +58,9 @@ func TestScale(t *testing.T) {
 
 	before, err := admissionMetrics(ctx)
 	require.NoError(t, err)
+	// brokerport's own footprint (see TestFootprint), over the rollout.
+	footprintBefore, err := readFootprint(env.brokerport.Pid())
+	require.NoError(t, err)
 	start := time.Now()
 	require.NoError(t, env.admin.Patch(ctx, sts, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"brokerport.io/expose":"true"}}}`))))
 
@@ -92,10 +95,15 @@ func TestScale(t *testing.T) {
 		return published(ctx, "scale", "big", n)
 	}))
 	elapsed := time.Since(start)
+	footprintAfter, err := readFootprint(env.brokerport.Pid())
+	require.NoError(t, err)
 
 	report := fmt.Sprintf("%d brokers on %d kwok nodes: label to every broker exposed (rolled, Services and ConfigMap published) in %s.\n\n"+
 		"| brokers rolled | mean pod admission (brokerport) | mean binding admission (brokerport) |\n|---|---|---|\n%s\n",
 		n, n+len(nodeIPs), elapsed.Round(100*time.Millisecond), strings.Join(rows, "\n"))
+	report += fmt.Sprintf("\nbrokerport's process (/proc/<pid>/status VmRSS and VmHWM, /proc/<pid>/stat utime+stime): "+
+		"RSS %s before the label, %s once every broker was exposed (peak %s); %.2f CPU seconds during the rollout (%.2f since its start).\n",
+		mib(footprintBefore.rss), mib(footprintAfter.rss), mib(footprintAfter.hwm), footprintAfter.cpu-footprintBefore.cpu, footprintAfter.cpu)
 	t.Log("\n" + report)
 	if out := os.Getenv("BROKERPORT_SCALE_OUT"); out != "" {
 		require.NoError(t, os.WriteFile(out, []byte(report), 0o644))
