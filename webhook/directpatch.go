@@ -326,16 +326,24 @@ func (w *patchWriter) optionalString(p pointer, field, a, b string) {
 	}
 }
 
-// indexedList diffs a list the encoding omits when empty, index by index, as the diff does.
-func indexedList[T any](w *patchWriter, path string, a, b []T, elem func(w *patchWriter, p pointer, x, y *T)) {
+// wholeList handles a list that is empty on one side or both, as the diff does: added or removed
+// whole (the encoding omits an empty list). It tells whether there is nothing left to diff.
+func wholeList[T any](w *patchWriter, path string, a, b []T) bool {
 	switch {
 	case len(a) == 0 && len(b) == 0:
-		return
 	case len(a) == 0:
 		w.addValue(path, b)
-		return
 	case len(b) == 0:
 		w.remove(path)
+	default:
+		return false
+	}
+	return true
+}
+
+// indexedList diffs a list the encoding omits when empty, index by index, as the diff does.
+func indexedList[T any](w *patchWriter, path string, a, b []T, elem func(w *patchWriter, p pointer, x, y *T)) {
+	if wholeList(w, path, a, b) {
 		return
 	}
 	n := min(len(a), len(b))
@@ -354,14 +362,7 @@ func indexedList[T any](w *patchWriter, path string, a, b []T, elem func(w *patc
 // only in a are removed, those only in b inserted where they go, and those in both diffed with
 // elem. Elements in both must keep their order, or the walk gives up.
 func namedList[T any](w *patchWriter, path string, a, b []T, name func(*T) string, elem func(w *patchWriter, p pointer, x, y *T)) {
-	switch {
-	case len(a) == 0 && len(b) == 0:
-		return
-	case len(a) == 0:
-		w.addValue(path, b)
-		return
-	case len(b) == 0:
-		w.remove(path)
+	if wholeList(w, path, a, b) {
 		return
 	}
 	// The index in a of each element of b, -1 when it is new. Lists are short: a linear search
