@@ -30,13 +30,17 @@ var imageAdvice = []struct {
 // the brokers (a port name taken, a flavor's variable missing) is said now, while the user is
 // looking, rather than in the StatefulSet's events once the rollout is stuck.
 func AdviseStatefulSet(sts *appsv1.StatefulSet, cfg Config, opts Options) string {
-	if !IsExposed(sts.Labels) || cfg.PortBase == 0 {
+	if !IsExposed(sts.Labels) || !cfg.Configured() {
 		return ""
 	}
 	broker0 := &corev1.Pod{ObjectMeta: *sts.Spec.Template.ObjectMeta.DeepCopy(), Spec: *sts.Spec.Template.Spec.DeepCopy()}
 	broker0.Name = sts.Name + "-0"
 	broker0.Spec.NodeName = ""
-	opts.GateImage = ""
+	if !cfg.LoadBalanced() {
+		opts.GateImage = "" // the gate is no part of what is advised on, except where it is required
+	} else if opts.GateImage == "" {
+		opts.GateImage = "gate"
+	}
 	if errs := MutatePod(broker0, nil, opts); len(errs) > 0 {
 		return fmt.Sprintf("StatefulSet %s: brokerport will refuse its brokers as they are created: %v", sts.Name, errs.ToAggregate())
 	}
@@ -55,7 +59,13 @@ func AdviseStatefulSet(sts *appsv1.StatefulSet, cfg Config, opts Options) string
 		}
 	}
 	fix := fmt.Sprintf("make the broker advertise $(%s) on the listener of containerPort %d (see %s, %s)", addressVar(cfg.Listeners[0]), cfg.Listeners[0].ContainerPort, AnnotationFlavor, AnnotationAdvertiseEnv)
-	for _, a := range imageAdvice {
+	advice := imageAdvice
+	if advertised := scriptSetsAdvertised(broker); advertised != "" {
+		// A flavor appends to the env variable, which the script overrides: the way out is the
+		// script, whatever the image.
+		fix, advice = "the "+scriptRecipe(cfg, advertised), nil
+	}
+	for _, a := range advice {
 		for _, s := range a.contains {
 			if strings.Contains(broker.Image, s) {
 				fix = a.fix
@@ -65,8 +75,12 @@ func AdviseStatefulSet(sts *appsv1.StatefulSet, cfg Config, opts Options) string
 			break
 		}
 	}
-	return fmt.Sprintf("StatefulSet %s: brokerport exposes container %q on node ports, but nothing in it or its init containers refers to a BROKERPORT_* variable, so its brokers advertise addresses clients outside the cluster cannot reach; %s",
-		sts.Name, broker.Name, fix)
+	how := "on node ports"
+	if cfg.LoadBalanced() {
+		how = "through load balancers"
+	}
+	return fmt.Sprintf("StatefulSet %s: brokerport exposes container %q %s, but nothing in it or its init containers refers to a BROKERPORT_* variable, so its brokers advertise addresses clients outside the cluster cannot reach; %s",
+		sts.Name, broker.Name, how, fix)
 }
 
 // refersToBrokerport tells whether a container's command, args or env values use one of

@@ -1,6 +1,7 @@
 package patches
 
 import (
+	"errors"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,18 +32,35 @@ func BrokerCandidate(podName string, isCluster func(sts string) bool) (sts strin
 	return "", false
 }
 
-// MutateBinding adds the node's address annotations to the Binding of a broker pod; the API
-// server copies them onto the pod in the same write that sets spec.nodeName. pod is the broker
-// (its configuration annotations are what it was created with) and node the Binding's target.
-// An error means the node has no acceptable address: the Binding is left as it is.
-func MutateBinding(binding *corev1.Binding, pod *corev1.Pod, node *corev1.Node, opts Options) (NodeAddress, error) {
+// ErrNoIngressYet: a broker of the loadbalancer strategy is bound before its load balancer has
+// an address. Not a fault: the gate holds the broker until the controller writes the address.
+var ErrNoIngressYet = errors.New("its load balancer has no address yet")
+
+// MutateBinding adds the broker's address annotations to its Binding; the API server copies them
+// onto the pod in the same write that sets spec.nodeName. pod is the broker (its configuration
+// annotations are what it was created with), node the Binding's target, and service the broker's
+// Service (nil when there is none), whose ingress is the address of the loadbalancer strategy.
+// An error means there is no address to give: the Binding is left as it is.
+func MutateBinding(binding *corev1.Binding, pod *corev1.Pod, node *corev1.Node, service *corev1.Service, opts Options) (NodeAddress, error) {
 	cfg, errs := ParseConfig(pod.Annotations, field.NewPath("metadata", "annotations"), opts)
 	if len(errs) > 0 {
 		return NodeAddress{}, fmt.Errorf("pod %s: %w", pod.Name, errs.ToAggregate())
 	}
-	addr, err := SelectAddress(node, cfg)
-	if err != nil {
-		return addr, err
+	var addr NodeAddress
+	if cfg.LoadBalanced() {
+		ingress := ""
+		if service != nil {
+			ingress = IngressHost(service)
+		}
+		if ingress == "" {
+			return addr, ErrNoIngressYet
+		}
+		addr = LoadBalancerAddress(ingress, node)
+	} else {
+		var err error
+		if addr, err = SelectAddress(node, cfg); err != nil {
+			return addr, err
+		}
 	}
 	SetAddress(&binding.ObjectMeta, addr)
 	return addr, nil

@@ -42,6 +42,8 @@ type BrokerFacts struct {
 	Pod            *corev1.Pod
 	Node           *corev1.Node
 	ServiceProblem string
+	// LoadBalancer is the broker's LoadBalancer Service (the loadbalancer strategy only).
+	LoadBalancer LoadBalancerFacts
 }
 
 // ObserveBroker decides broker ordinal's state from trusted facts only: the StatefulSet's
@@ -65,6 +67,9 @@ func ObserveBroker(cfg Config, cluster string, ordinal int, facts BrokerFacts) B
 		return state
 	}
 	state.Node = pod.Spec.NodeName
+	if cfg.LoadBalanced() {
+		return observeLoadBalanced(cfg, ordinal, facts, state)
+	}
 	addr, err := SelectAddress(facts.Node, cfg)
 	if err != nil {
 		state.Reason = err.Error()

@@ -46,6 +46,18 @@ func (f Flavor) envPrefix() string {
 	return ""
 }
 
+// Strategy is how a StatefulSet's brokers are reached from outside.
+type Strategy string
+
+const (
+	// StrategyNodePort: each broker on its own node, on a hostPort reserved cluster-wide as a
+	// nodePort, advertising the node's address.
+	StrategyNodePort Strategy = "nodeport"
+	// StrategyLoadBalancer: each broker behind a LoadBalancer Service of its own, advertising the
+	// Service's ingress (strategy_loadbalancer.go).
+	StrategyLoadBalancer Strategy = "loadbalancer"
+)
+
 // Defaults used when a StatefulSet does not say otherwise.
 var (
 	DefaultListeners    = []Listener{{Name: "kafka", ContainerPort: 9094}}
@@ -108,7 +120,23 @@ type Config struct {
 	ListenerName     string
 	SecurityProtocol string
 	IPFamily         IPFamily
+	Strategy         Strategy
+	// ServiceAnnotations and ExternalTrafficPolicy shape the LoadBalancer Services
+	// (StrategyLoadBalancer only).
+	ServiceAnnotations    map[string]string
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy
 }
+
+// LoadBalanced tells whether the brokers are reached through LoadBalancer Services.
+func (c Config) LoadBalanced() bool { return c.Strategy == StrategyLoadBalancer }
+
+// HoldsBlock tells whether the StatefulSet holds a port block of the band: a nodeport one that
+// has been assigned its block.
+func (c Config) HoldsBlock() bool { return !c.LoadBalanced() && c.PortBase != 0 }
+
+// Configured tells whether the StatefulSet webhook has completed the configuration: a block
+// assigned, or none needed.
+func (c Config) Configured() bool { return c.LoadBalanced() || c.PortBase != 0 }
 
 // BlockSize is how many ports the StatefulSet reserves: one per listener per possible broker.
 func (c Config) BlockSize() int32 { return c.MaxBrokers * int32(len(c.Listeners)) }
@@ -118,8 +146,13 @@ func (c Config) Block() PortRange {
 	return PortRange{First: c.PortBase, Last: c.PortBase + c.BlockSize() - 1}
 }
 
-// Port is the external port of broker ordinal i for listener index l.
+// Port is the external port of broker ordinal i for listener index l: in its block for a node
+// port; for a load balancer, the listener's containerPort (each broker has an address of its
+// own, so the ports need not differ).
 func (c Config) Port(ordinal, listener int) int32 {
+	if c.LoadBalanced() {
+		return c.Listeners[listener].ContainerPort
+	}
 	return c.PortBase + int32(ordinal*len(c.Listeners)+listener)
 }
 
@@ -132,6 +165,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 		AddressTypes:     opts.AddressTypes,
 		ListenerName:     DefaultListenerName,
 		SecurityProtocol: DefaultSecurityProtocol,
+		Strategy:         StrategyNodePort,
 	}
 	if len(cfg.AddressTypes) == 0 {
 		cfg.AddressTypes = DefaultAddressTypes
@@ -229,6 +263,8 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 		}
 	}
 
+	parseStrategy(annotations, &cfg, invalid)
+
 	if cfg.Flavor == FlavorRedpanda {
 		if cfg.AdvertiseEnv != "" {
 			invalid(AnnotationAdvertiseEnv, cfg.AdvertiseEnv, "flavor \"redpanda\" advertises through the chart's redpanda.yaml, not an environment variable; remove one of the two")
@@ -241,7 +277,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			invalid(AnnotationAdvertiseEnv, cfg.AdvertiseEnv, fmt.Sprintf("flavor %q advertises through %s; remove the annotation or make it %s", cfg.Flavor, want, want))
 		}
 	}
-	if cfg.PortBase != 0 && len(errs) == 0 && int64(cfg.PortBase)+int64(cfg.BlockSize())-1 > 65535 {
+	if cfg.PortBase != 0 && len(errs) == 0 && !cfg.LoadBalanced() && int64(cfg.PortBase)+int64(cfg.BlockSize())-1 > 65535 {
 		invalid(AnnotationPortBase, annotations[AnnotationPortBase], fmt.Sprintf("a block of %d ports (%s × %d listeners) starting here runs past 65535", cfg.BlockSize(), AnnotationMaxBrokers, len(cfg.Listeners)))
 	}
 	return cfg, errs

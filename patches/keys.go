@@ -31,6 +31,14 @@ const (
 	AnnotationListenerName     = "brokerport.io/listener-name"
 	AnnotationSecurityProtocol = "brokerport.io/security-protocol"
 	AnnotationIPFamily         = "brokerport.io/ip-family"
+	// AnnotationStrategy chooses how brokers are reached: "nodeport" (the default) or
+	// "loadbalancer" (see strategy_loadbalancer.go).
+	AnnotationStrategy = "brokerport.io/strategy"
+	// AnnotationServiceAnnotations (loadbalancer) is a JSON object of annotations passed to every
+	// broker's LoadBalancer Service: the cloud's load-balancer settings.
+	AnnotationServiceAnnotations = "brokerport.io/service-annotations"
+	// AnnotationExternalTrafficPolicy (loadbalancer) is the Services' externalTrafficPolicy.
+	AnnotationExternalTrafficPolicy = "brokerport.io/external-traffic-policy"
 )
 
 // configAnnotations are the annotations copied from a StatefulSet into its pod template, in a
@@ -47,6 +55,9 @@ var configAnnotations = []string{
 	AnnotationListenerName,
 	AnnotationSecurityProtocol,
 	AnnotationIPFamily,
+	AnnotationStrategy,
+	AnnotationServiceAnnotations,
+	AnnotationExternalTrafficPolicy,
 }
 
 // Address annotations, written on a broker pod when it is bound to a node.

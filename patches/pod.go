@@ -32,14 +32,14 @@ func BrokerOf(pod *corev1.Pod, opts Options) (Broker, field.ErrorList) {
 	if cluster == "" {
 		return Broker{}, field.ErrorList{field.Required(field.NewPath("metadata", "labels").Key(LabelCluster), "set from the StatefulSet by brokerport; opt in the StatefulSet, not the pod")}
 	}
-	if cfg.PortBase == 0 {
+	if !cfg.Configured() {
 		return Broker{}, field.ErrorList{field.Required(annotationsPath.Key(AnnotationPortBase), "set from the StatefulSet by brokerport; opt in the StatefulSet, not the pod")}
 	}
 	ordinal, ok := OrdinalOf(pod.Name, cluster)
 	if !ok {
 		return Broker{}, field.ErrorList{field.Invalid(field.NewPath("metadata", "name"), pod.Name, fmt.Sprintf("a broker of StatefulSet %q must be named %s-<ordinal>", cluster, cluster))}
 	}
-	if ordinal >= int(cfg.MaxBrokers) {
+	if ordinal >= int(cfg.MaxBrokers) && !cfg.LoadBalanced() {
 		return Broker{}, field.ErrorList{field.Forbidden(field.NewPath("metadata", "name"), fmt.Sprintf("broker ordinal %d is past the %d brokers of the port block (%s)", ordinal, cfg.MaxBrokers, AnnotationMaxBrokers))}
 	}
 	return Broker{Cluster: cluster, Ordinal: ordinal, Config: cfg}, nil
@@ -74,10 +74,18 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 	if err != nil {
 		return field.ErrorList{err}
 	}
-	if err := setHostPorts(pod, ci, broker); err != nil {
-		return field.ErrorList{err}
+	if broker.Config.LoadBalanced() {
+		// The broker's address is its Service's, known only once the load balancer gives it:
+		// without the gate it would start advertising an empty host.
+		if opts.GateImage == "" {
+			return field.ErrorList{field.Invalid(field.NewPath("metadata", "annotations").Key(AnnotationStrategy), string(StrategyLoadBalancer), "the broker must wait for its load balancer's address, which needs brokerport's gate: run brokerport serve with --gate-image (the install manifests do)")}
+		}
+	} else {
+		if err := setHostPorts(pod, ci, broker); err != nil {
+			return field.ErrorList{err}
+		}
+		addAntiAffinity(pod, broker.Cluster)
 	}
-	addAntiAffinity(pod, broker.Cluster)
 
 	// Appending first keeps the paths in its errors those of the pod as the user wrote it.
 	c := &pod.Spec.Containers[ci]
@@ -100,7 +108,7 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 		addGate(pod, opts.GateImage, opts.GateResources)
 	}
 
-	if pod.Spec.NodeName != "" {
+	if pod.Spec.NodeName != "" && !broker.Config.LoadBalanced() {
 		if node == nil {
 			return field.ErrorList{field.Invalid(field.NewPath("spec", "nodeName"), pod.Spec.NodeName, "brokerport does not know this node (yet); create the pod again once the node is registered")}
 		}
@@ -342,8 +350,26 @@ func advertise(c *corev1.Container, cfg Config, envPath *field.Path) *field.Erro
 	}
 	for _, e := range entries {
 		i := slices.IndexFunc(c.Env, func(v corev1.EnvVar) bool { return v.Name == e.variable })
+		if i < 0 && cfg.Flavor != FlavorNone && e.variable == cfg.Flavor.envPrefix()+"LISTENER_SECURITY_PROTOCOL_MAP" {
+			// Kafka runs without the map (it has a default): brokerport writes that default out
+			// and adds its entry, so every other listener keeps its protocol.
+			current, err := effectiveProtocolMap(c, cfg.Flavor.envPrefix(), name, envPath)
+			if err != nil {
+				return err
+			}
+			value, appendErr := appendListener(current, e, name)
+			if appendErr != nil {
+				return field.Invalid(envPath, e.variable, fmt.Sprintf("%s (not set, so Kafka's default %q): %v", e.variable, current, appendErr))
+			}
+			c.Env = append(c.Env, corev1.EnvVar{Name: e.variable, Value: value})
+			continue
+		}
 		if i < 0 {
-			return field.Required(envPath, fmt.Sprintf("brokerport appends %q to %s, which container %q does not define (see %s and %s)", e.entry, e.variable, c.Name, AnnotationAdvertiseEnv, AnnotationFlavor))
+			detail := fmt.Sprintf("brokerport appends %q to %s, which container %q does not define (see %s and %s)", e.entry, e.variable, c.Name, AnnotationAdvertiseEnv, AnnotationFlavor)
+			if scriptSetsAdvertised(*c) == e.variable {
+				detail += "; the " + scriptRecipe(cfg, e.variable)
+			}
+			return field.Required(envPath, detail)
 		}
 		if c.Env[i].ValueFrom != nil {
 			return field.Invalid(envPath.Index(i).Child("valueFrom"), e.variable, fmt.Sprintf("brokerport appends %q to %s, so it must be a plain value, not valueFrom", e.entry, e.variable))

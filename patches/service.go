@@ -40,7 +40,8 @@ func BrokerServiceOrdinal(name, cluster string) (int, bool) {
 }
 
 // BrokerService is the Service that reserves broker ordinal's external ports cluster-wide and
-// routes node:port to it, as MutateService would make it.
+// routes node:port to it, as MutateService would make it; for the loadbalancer strategy, the
+// broker's LoadBalancer Service.
 func BrokerService(sts *appsv1.StatefulSet, cfg Config, ordinal int) *corev1.Service {
 	svc := &corev1.Service{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
@@ -69,6 +70,9 @@ func BrokerService(sts *appsv1.StatefulSet, cfg Config, ordinal int) *corev1.Ser
 			TargetPort: intstr.FromInt32(listener.ContainerPort),
 			NodePort:   cfg.Port(ordinal, l),
 		})
+	}
+	if cfg.LoadBalanced() {
+		loadBalancerSpec(svc, cfg)
 	}
 	return svc
 }
@@ -107,6 +111,9 @@ func MutateService(svc *corev1.Service, sts *appsv1.StatefulSet, opts Options) f
 	cfg, errs := ParseConfig(sts.Annotations, stsAnnotations, opts)
 	if len(errs) > 0 {
 		return field.ErrorList{field.Invalid(field.NewPath("metadata", "labels").Key(LabelCluster), sts.Name, "the StatefulSet's configuration is invalid: "+errs.ToAggregate().Error())}
+	}
+	if cfg.LoadBalanced() {
+		return mutateLoadBalancerService(svc, cfg)
 	}
 	if cfg.PortBase == 0 {
 		return field.ErrorList{field.Invalid(field.NewPath("metadata", "labels").Key(LabelCluster), sts.Name, "the StatefulSet has no port block yet; label the StatefulSet first")}

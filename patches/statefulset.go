@@ -40,7 +40,12 @@ func MutateStatefulSet(sts *appsv1.StatefulSet, inUse PortSet, opts Options) fie
 	if len(errs) > 0 {
 		return errs
 	}
-	if err := assignPortBlock(sts, &cfg, inUse, opts, annotationsPath.Key(AnnotationPortBase)); err != nil {
+	if cfg.LoadBalanced() {
+		// No node ports: a block assigned under the nodeport strategy is given back, so that
+		// switching strategy frees the band for others.
+		delete(sts.Annotations, AnnotationPortBase)
+		cfg.PortBase = 0
+	} else if err := assignPortBlock(sts, &cfg, inUse, opts, annotationsPath.Key(AnnotationPortBase)); err != nil {
 		return field.ErrorList{err}
 	}
 	if err := CheckReplicas(sts, cfg); err != nil {
@@ -93,7 +98,7 @@ func CheckReplicas(sts *appsv1.StatefulSet, cfg Config) *field.Error {
 			"broker ordinal %d (spec.ordinals.start + spec.replicas - 1) is past the %d brokers any port block can hold (%s); lower spec.ordinals.start or spec.replicas",
 			last, maxBrokersLimit, AnnotationMaxBrokers))
 	}
-	if last >= int64(cfg.MaxBrokers) {
+	if last >= int64(cfg.MaxBrokers) && !cfg.LoadBalanced() {
 		return field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
 			"broker ordinal %d would be past the %d brokers the port block %s holds; raise %s and remove %s so that a larger block is assigned (the brokers roll onto new ports)",
 			last, cfg.MaxBrokers, cfg.Block(), AnnotationMaxBrokers, AnnotationPortBase))

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -143,8 +144,16 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 	if node == nil {
 		return h.withoutAddress(ctx, req, pod, fmt.Errorf("node %q is not in brokerport's cache yet", binding.Target.Name))
 	}
+	ordinal, _ := patches.OrdinalOf(pod.Name, cluster)
+	service, err := h.snapshot.Service(ctx, req.Namespace, patches.BrokerServiceName(cluster, ordinal))
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err)
+	}
 	mutated := binding.DeepCopy()
-	addr, err := patches.MutateBinding(mutated, pod, node, h.opts)
+	addr, err := patches.MutateBinding(mutated, pod, node, service, h.opts)
+	if errors.Is(err, patches.ErrNoIngressYet) {
+		return admission.Allowed("bound before its load balancer has an address: the controller writes it")
+	}
 	if err != nil {
 		return h.withoutAddress(ctx, req, pod, err)
 	}

@@ -326,8 +326,8 @@ func (h *ScaleHandler) Handle(ctx context.Context, req admission.Request) admiss
 		return admission.Allowed("not opted in")
 	}
 	cfg, errs := patches.ParseConfig(sts.Annotations, nil, h.opts)
-	if len(errs) > 0 || cfg.PortBase == 0 {
-		return admission.Allowed("no port block to check against")
+	if len(errs) > 0 || !cfg.Configured() {
+		return admission.Allowed("no configuration to check against")
 	}
 	scaled := sts.DeepCopy()
 	scaled.Spec.Replicas = &scale.Spec.Replicas

@@ -124,10 +124,18 @@ func keepServicePorts(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &corev1.Service{ObjectMeta: slimMeta(svc.ObjectMeta, isBrokerportOrManagedBy, none)}
-	// A broker Service keeps all its ports, so that the controller sees a changed targetPort;
-	// any other Service only the nodePorts it holds.
 	ours := patches.IsExposed(svc.Labels)
+	out := &corev1.Service{ObjectMeta: slimMeta(svc.ObjectMeta, isBrokerportOrManagedBy, none)}
+	// A broker Service keeps all its ports, so that the controller sees a changed targetPort,
+	// and what the loadbalancer strategy sets and reads (its type, traffic policy, the
+	// annotations brokerport passed, the load balancer's address); any other Service only the
+	// nodePorts it holds.
+	if ours {
+		out.Annotations = keepKeys(svc.Annotations, patches.IsBrokerportKey)
+		out.Spec.Type = svc.Spec.Type
+		out.Spec.ExternalTrafficPolicy = svc.Spec.ExternalTrafficPolicy
+		out.Status.LoadBalancer = svc.Status.LoadBalancer
+	}
 	for _, p := range svc.Spec.Ports {
 		switch {
 		case ours:

@@ -25,6 +25,8 @@ type Snapshot interface {
 	// LiveStatefulSet reads StatefulSet namespace/name from the API server, opted in or not, for
 	// the rare question the cache cannot answer; nil when it does not exist.
 	LiveStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
+	// Service is Service namespace/name, or nil when there is none.
+	Service(ctx context.Context, namespace, name string) (*corev1.Service, error)
 	// Node is the node called name, or nil when it is not known.
 	Node(ctx context.Context, name string) (*corev1.Node, error)
 	// Namespace is the namespace called name (its labels and annotations), or nil when it is not
@@ -59,7 +61,7 @@ func (s ReaderSnapshot) PortsInUse(ctx context.Context, namespace, name string) 
 		// A StatefulSet whose configuration does not parse was refused when it was labeled, so
 		// it holds no block brokerport could honour.
 		cfg, errs := patches.ParseConfig(sts.Annotations, nil, s.Options)
-		if len(errs) == 0 && cfg.PortBase != 0 {
+		if len(errs) == 0 && cfg.HoldsBlock() {
 			reservations = append(reservations, patches.Reservation{PortRange: cfg.Block(), Owner: fmt.Sprintf("StatefulSet %s/%s", sts.Namespace, sts.Name)})
 		}
 	}
@@ -110,6 +112,18 @@ func (s ReaderSnapshot) LiveStatefulSet(ctx context.Context, namespace, name str
 		return nil, fmt.Errorf("getting StatefulSet %s/%s: %w", namespace, name, err)
 	}
 	return sts, nil
+}
+
+func (s ReaderSnapshot) Service(ctx context.Context, namespace, name string) (*corev1.Service, error) {
+	svc := &corev1.Service{}
+	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, svc)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting Service %s/%s: %w", namespace, name, err)
+	}
+	return svc, nil
 }
 
 func (s ReaderSnapshot) Node(ctx context.Context, name string) (*corev1.Node, error) {

@@ -55,6 +55,8 @@ type Reconciler struct {
 	// names the StatefulSets whose keys changed, to publish them at once.
 	Reachability Reachability
 	ProbeChanges <-chan event.GenericEvent
+	// Now is the clock (nil: time.Now), for tests of what waits.
+	Now func() time.Time
 
 	// edited remembers, per pod UID, the edited annotations already reported, so that each
 	// edit is said once.
@@ -128,7 +130,7 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, err
 	}
 	cfg, errs := patches.ParseConfig(sts.Annotations, nil, r.Options)
-	if len(errs) > 0 || cfg.PortBase == 0 {
+	if len(errs) > 0 || !cfg.Configured() {
 		// The StatefulSet webhook refuses such a StatefulSet; it can only be one labeled while
 		// brokerport was not installed. Say so; its next update goes through the webhook.
 		r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "NotConfigured", "Reconcile", "brokerport has not configured this StatefulSet (no valid %s); update it so that the webhook can", patches.AnnotationPortBase)
@@ -152,7 +154,7 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 	first, last := ordinals(sts)
 	// Each broker's Service is reconciled on its own: one that cannot get its ports is said, and
 	// the others, the repairs and the ConfigMap go on.
-	problems, err := r.services(ctx, sts, cfg, first, last, brokers)
+	problems, balancers, err := r.services(ctx, sts, cfg, first, last, brokers)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -162,14 +164,14 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	states := make([]patches.BrokerState, 0, last-first+1)
 	for ordinal := first; ordinal <= last; ordinal++ {
-		facts := patches.BrokerFacts{Pod: brokers[ordinal], ServiceProblem: problems[ordinal]}
+		facts := patches.BrokerFacts{Pod: brokers[ordinal], ServiceProblem: problems[ordinal], LoadBalancer: balancers[ordinal]}
 		if facts.Pod != nil {
 			facts.Node = nodes[facts.Pod.Spec.NodeName]
 		}
 		states = append(states, patches.ObserveBroker(cfg, sts.Name, ordinal, facts))
 	}
 	r.reportEdited(sts, brokers)
-	repairErr := r.repair(ctx, sts, cfg, brokers, nodes)
+	repairErr := r.repair(ctx, sts, cfg, brokers, nodes, balancers)
 	if err := r.publish(ctx, sts, cfg, states); err != nil {
 		return reconcile.Result{}, errors.Join(repairErr, err)
 	}
@@ -180,7 +182,20 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 		// A port held by someone else frees without an event brokerport watches: look again.
 		return reconcile.Result{RequeueAfter: blockedRetry}, nil
 	}
+	for _, lb := range balancers {
+		if lb.Ingress == "" && !lb.Overdue {
+			// No event comes when a load balancer is late: look again, to say so in time.
+			return reconcile.Result{RequeueAfter: blockedRetry}, nil
+		}
+	}
 	return reconcile.Result{}, nil
+}
+
+func (r *Reconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
 }
 
 // reportEdited says, once per pod and edit, that configuration annotations of a broker pod that
@@ -234,6 +249,9 @@ func (r *Reconciler) nodes(ctx context.Context, brokers map[int]*corev1.Pod) (ma
 // gives its block up: its port base is removed, the StatefulSet webhook assigns it a free block
 // on that very update, and its Services (updated by servesPorts) and brokers follow.
 func (r *Reconciler) yieldOverlappingBlock(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config) (bool, error) {
+	if !cfg.HoldsBlock() {
+		return false, nil
+	}
 	var sets appsv1.StatefulSetList
 	if err := r.Client.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
 		return false, fmt.Errorf("listing opted-in StatefulSets: %w", err)
@@ -244,7 +262,7 @@ func (r *Reconciler) yieldOverlappingBlock(ctx context.Context, sts *appsv1.Stat
 			continue
 		}
 		otherCfg, errs := patches.ParseConfig(other.Annotations, nil, r.Options)
-		if len(errs) > 0 || otherCfg.PortBase == 0 {
+		if len(errs) > 0 || !otherCfg.HoldsBlock() {
 			continue
 		}
 		if _, overlap := patches.NewPortSet(patches.Reservation{PortRange: otherCfg.Block()}).Conflict(cfg.Block()); !overlap {

@@ -142,7 +142,11 @@ func (r *Reconciler) reportChanges(sts *appsv1.StatefulSet, cfg patches.Config, 
 		}
 	}
 	if exposed == len(states) && !allBefore {
-		r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "Exposed", "Publish", "all %d brokers exposed on ports %s; addresses in ConfigMap %s", len(states), cfg.Block(), ConfigMapName(sts.Name))
+		how := fmt.Sprintf("on ports %s", cfg.Block())
+		if cfg.LoadBalanced() {
+			how = "through their load balancers"
+		}
+		r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "Exposed", "Publish", "all %d brokers exposed %s; addresses in ConfigMap %s", len(states), how, ConfigMapName(sts.Name))
 	}
 }
 

@@ -19,17 +19,30 @@ import (
 // longer say what the StatefulSet's configuration gives for their node (the node's address
 // changed, or someone edited the pod). The address comes from the StatefulSet and the node only.
 // One broker's failed repair does not stop the others'.
-func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, brokers map[int]*corev1.Pod, nodes map[string]*corev1.Node) error {
+//
+// For the loadbalancer strategy the address is the broker's Service's load-balancer address
+// (balancers, by ordinal): written once the load balancer gives it, which lets the broker start.
+func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, brokers map[int]*corev1.Pod, nodes map[string]*corev1.Node, balancers map[int]patches.LoadBalancerFacts) error {
 	var errs []error
 	for _, pod := range slices.SortedFunc(maps.Values(brokers), func(a, b *corev1.Pod) int { return strings.Compare(a.Name, b.Name) }) {
 		node := nodes[pod.Spec.NodeName]
 		if node == nil || pod.DeletionTimestamp != nil {
 			continue // not bound, going away, or its node is
 		}
-		addr, err := patches.SelectAddress(node, cfg)
-		if err != nil {
-			r.Events.Eventf(sts, pod, corev1.EventTypeWarning, "NoNodeAddress", "Repair", "broker %s: %v", pod.Name, err)
-			continue
+		var addr patches.NodeAddress
+		if cfg.LoadBalanced() {
+			ordinal, _ := patches.OrdinalOf(pod.Name, sts.Name)
+			ingress := balancers[ordinal].Ingress
+			if ingress == "" || hasHostPorts(pod) {
+				continue // no address yet (the gate waits), or a pod of the nodeport strategy
+			}
+			addr = patches.LoadBalancerAddress(ingress, node)
+		} else {
+			var err error
+			if addr, err = patches.SelectAddress(node, cfg); err != nil {
+				r.Events.Eventf(sts, pod, corev1.EventTypeWarning, "NoNodeAddress", "Repair", "broker %s: %v", pod.Name, err)
+				continue
+			}
 		}
 		before := pod.Annotations[patches.AnnotationHost]
 		// brokerport.io/host-uri follows brokerport.io/host (SetAddress writes both); a broker
@@ -52,8 +65,27 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 			continue
 		}
 		repairs.WithLabelValues("stale").Inc()
+		where := fmt.Sprintf("node %s's address", addr.Node)
+		if cfg.LoadBalanced() {
+			where = fmt.Sprintf("Service %s's load-balancer address", patches.BrokerServiceName(sts.Name, mustOrdinal(pod.Name, sts.Name)))
+		}
 		r.Events.Eventf(pod, sts, corev1.EventTypeWarning, "RestartRequired", "Repair",
-			"the address annotations said %s, but node %s's address is %s; the broker may still advertise %s: restart it (kubectl delete pod %s) to re-advertise", before, addr.Node, addr.Host, before, pod.Name)
+			"the address annotations said %s, but %s is %s; the broker may still advertise %s: restart it (kubectl delete pod %s) to re-advertise", before, where, addr.Host, before, pod.Name)
 	}
 	return errors.Join(errs...)
+}
+
+// hasHostPorts tells a broker pod admitted for the nodeport strategy.
+func hasHostPorts(pod *corev1.Pod) bool {
+	for _, c := range pod.Spec.Containers {
+		if slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.HostPort != 0 }) {
+			return true
+		}
+	}
+	return false
+}
+
+func mustOrdinal(pod, cluster string) int {
+	ordinal, _ := patches.OrdinalOf(pod, cluster)
+	return ordinal
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -18,10 +19,13 @@ import (
 // ports, in the order patches.PlanServices gives (free before claim), and removes the others
 // once their pod is gone. It returns, per ordinal, why a broker's Service could not be made
 // right; one broker's failure does not stop the writes for the others.
-func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, first, last int, brokers map[int]*corev1.Pod) (map[int]string, error) {
+//
+// For the loadbalancer strategy it also returns, per ordinal, what is known of the broker's load
+// balancer (its address, or how long it has been waited for).
+func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, first, last int, brokers map[int]*corev1.Pod) (map[int]string, map[int]patches.LoadBalancerFacts, error) {
 	var all corev1.ServiceList
 	if err := r.Client.List(ctx, &all); err != nil {
-		return nil, fmt.Errorf("listing Services: %w", err)
+		return nil, nil, fmt.Errorf("listing Services: %w", err)
 	}
 	in := patches.ServicePlanInput{Current: map[string][]int32{}, Target: map[string][]int32{}, Stale: map[string]bool{}, Foreign: map[int32]string{}}
 	wanted := map[string]*corev1.Service{}
@@ -43,7 +47,7 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		case ours && !goingAway:
 			existing[svc.Name] = svc
 			in.Current[svc.Name] = nodePorts(svc)
-			if want := wanted[svc.Name]; want != nil && !samePorts(svc, want) {
+			if want := wanted[svc.Name]; want != nil && !sameService(svc, want) {
 				in.Stale[svc.Name] = true
 			}
 		case svc.Namespace == sts.Namespace && wanted[svc.Name] != nil:
@@ -76,7 +80,7 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		case patches.OpCreate:
 			err = r.Client.Create(ctx, wanted[step.Name].DeepCopy())
 		case patches.OpUpdate:
-			err = r.updateService(ctx, wanted[step.Name])
+			err = r.updateService(ctx, existing[step.Name], wanted[step.Name])
 		}
 		if err == nil {
 			continue
@@ -89,36 +93,95 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 			logf.FromContext(ctx).Error(err, "removing a surplus broker Service", "service", step.Name)
 		}
 	}
-	return problems, nil
+	if !cfg.LoadBalanced() {
+		return problems, nil, nil
+	}
+	balancers := map[int]patches.LoadBalancerFacts{}
+	for ordinal := first; ordinal <= last; ordinal++ {
+		name := patches.BrokerServiceName(sts.Name, ordinal)
+		facts := patches.LoadBalancerFacts{Service: name}
+		// A Service just created or changed by the plan is not in the cache yet: its address
+		// comes with the watch event that follows.
+		if svc := existing[name]; svc != nil && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			facts.Ingress = patches.IngressHost(svc)
+			facts.Overdue = facts.Ingress == "" && r.now().Sub(svc.CreationTimestamp.Time) > loadBalancerPatience
+		}
+		balancers[ordinal] = facts
+	}
+	return problems, balancers, nil
 }
 
-// nodePorts are a Service's nodePorts in the order of its ports.
+// loadBalancerPatience is how long a LoadBalancer Service may wait for an address before its
+// broker is said not exposed (a Warning Event) rather than still coming: cloud load balancers
+// take from seconds to a few minutes.
+const loadBalancerPatience = 5 * time.Minute
+
+// nodePorts are the nodePorts a Service holds or asks for, in the order of its ports (a
+// LoadBalancer Service asks for none: the API server allocates them outside brokerport's band).
 func nodePorts(svc *corev1.Service) []int32 {
 	ports := make([]int32, 0, len(svc.Spec.Ports))
 	for _, p := range svc.Spec.Ports {
-		ports = append(ports, p.NodePort)
+		if p.NodePort != 0 {
+			ports = append(ports, p.NodePort)
+		}
 	}
 	return ports
 }
 
-// samePorts tells whether a Service's ports are the wanted ones: names, ports, targetPorts.
-func samePorts(svc, want *corev1.Service) bool {
-	return slices.EqualFunc(svc.Spec.Ports, want.Spec.Ports, func(a, b corev1.ServicePort) bool {
-		return a.Name == b.Name && a.Port == b.Port && apiequality.Semantic.DeepEqual(a.TargetPort, b.TargetPort) && a.NodePort == b.NodePort
-	})
+// sameService tells whether a broker Service is the wanted one: its ports (names, ports,
+// targetPorts, and nodePorts where brokerport chooses them), type, traffic policy and the
+// annotations brokerport passes.
+func sameService(svc, want *corev1.Service) bool {
+	return svc.Spec.Type == want.Spec.Type &&
+		svc.Spec.ExternalTrafficPolicy == want.Spec.ExternalTrafficPolicy &&
+		svc.Annotations[patches.AnnotationServiceAnnotations] == want.Annotations[patches.AnnotationServiceAnnotations] &&
+		slices.EqualFunc(svc.Spec.Ports, want.Spec.Ports, func(a, b corev1.ServicePort) bool {
+			return a.Name == b.Name && a.Port == b.Port && apiequality.Semantic.DeepEqual(a.TargetPort, b.TargetPort) && (a.NodePort == b.NodePort || b.NodePort == 0)
+		})
 }
 
-// updateService gives an existing broker Service the wanted ports, selector and labels.
-func (r *Reconciler) updateService(ctx context.Context, want *corev1.Service) error {
+// updateService gives an existing broker Service the wanted ports, selector, labels, type,
+// traffic policy and passed annotations. A change of type (the strategy switched) is a delete and
+// a create: the fields of one type (a load balancer's allocations) mean nothing to the other.
+func (r *Reconciler) updateService(ctx context.Context, current, want *corev1.Service) error {
+	if current.Spec.Type != want.Spec.Type {
+		if err := client.IgnoreNotFound(r.Client.Delete(ctx, current)); err != nil {
+			return err
+		}
+		return r.Client.Create(ctx, want.DeepCopy())
+	}
 	svc := &corev1.Service{}
 	if err := r.API.Get(ctx, client.ObjectKeyFromObject(want), svc); err != nil {
 		return fmt.Errorf("getting Service %s: %w", want.Name, err)
 	}
-	svc.Spec.Ports = want.Spec.Ports
+	ports := slices.Clone(want.Spec.Ports)
+	for i := range ports {
+		// A nodePort the API server allocated stays: asking for none would allocate another.
+		if j := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ports[i].Name }); ports[i].NodePort == 0 && j >= 0 {
+			ports[i].NodePort = svc.Spec.Ports[j].NodePort
+		}
+	}
+	svc.Spec.Ports = ports
 	svc.Spec.Selector = want.Spec.Selector
 	svc.Spec.Type = want.Spec.Type
+	svc.Spec.ExternalTrafficPolicy = want.Spec.ExternalTrafficPolicy
 	svc.Labels = want.Labels
+	for _, k := range patches.PassedAnnotations(svc) {
+		delete(svc.Annotations, k)
+	}
+	delete(svc.Annotations, patches.AnnotationServiceAnnotations)
+	for k, v := range want.Annotations {
+		svc.Annotations = setKey(svc.Annotations, k, v)
+	}
 	return r.Client.Update(ctx, svc)
+}
+
+func setKey(m map[string]string, k, v string) map[string]string {
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[k] = v
+	return m
 }
 
 // isOurs tells whether an object's labels say brokerport made it for StatefulSet sts: the API

@@ -188,7 +188,7 @@ func (p *Prober) Round(ctx context.Context) error {
 		sts := &sets.Items[i]
 		key := client.ObjectKeyFromObject(sts)
 		cfg, errs := patches.ParseConfig(sts.Annotations, nil, p.Options)
-		if len(errs) > 0 || cfg.PortBase == 0 {
+		if len(errs) > 0 || !cfg.Configured() {
 			continue
 		}
 		cm := &corev1.ConfigMap{}
@@ -347,7 +347,7 @@ func (p *Prober) notify(sts *appsv1.StatefulSet, key types.NamespacedName) {
 func (p *Prober) countFreePorts(sets []appsv1.StatefulSet, services []corev1.Service) {
 	var held []patches.PortRange
 	for _, sts := range sets {
-		if cfg, errs := patches.ParseConfig(sts.Annotations, nil, p.Options); len(errs) == 0 && cfg.PortBase != 0 {
+		if cfg, errs := patches.ParseConfig(sts.Annotations, nil, p.Options); len(errs) == 0 && cfg.HoldsBlock() {
 			held = append(held, cfg.Block())
 		}
 	}

@@ -1,0 +1,199 @@
+package patches
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	apivalidation "k8s.io/apimachinery/pkg/api/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// The loadbalancer strategy: each broker gets a LoadBalancer Service of its own (the usual way
+// out on managed clouds, whose nodes have no public address), and advertises the address the
+// load balancer is given. No hostPort, no port block, no one-broker-per-node rule: the Service
+// routes to the pod wherever it runs. The address is not known when the pod is bound, so the
+// gate holds the broker back until the controller has written it.
+
+// maxServiceAnnotations bounds brokerport.io/service-annotations: cloud load-balancer settings
+// are a few short keys, and every broker's Service carries a copy.
+const maxServiceAnnotations = 4096
+
+// parseStrategy reads the strategy and the annotations that only the loadbalancer strategy reads;
+// each is reported at most once, for what is wrong with it first.
+func parseStrategy(annotations map[string]string, cfg *Config, invalid func(key, value, detail string)) {
+	known := true
+	if v, ok := annotations[AnnotationStrategy]; ok {
+		switch s := Strategy(v); s {
+		case StrategyNodePort, StrategyLoadBalancer:
+			cfg.Strategy = s
+		default:
+			known = false
+			invalid(AnnotationStrategy, v, `accepted values: "nodeport" (the default: a port on the broker's node), "loadbalancer" (a LoadBalancer Service per broker)`)
+		}
+	}
+	if cfg.LoadBalanced() {
+		cfg.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}
+	// lbOnly says, of a valid value, that the strategy does not read it.
+	lbOnly := func(key, v string) bool {
+		if known && !cfg.LoadBalanced() {
+			invalid(key, v, fmt.Sprintf("applies to %s=%s only; remove it or set the strategy", AnnotationStrategy, StrategyLoadBalancer))
+			return false
+		}
+		return true
+	}
+	if v, ok := annotations[AnnotationExternalTrafficPolicy]; ok {
+		switch p := corev1.ServiceExternalTrafficPolicy(v); p {
+		case corev1.ServiceExternalTrafficPolicyLocal, corev1.ServiceExternalTrafficPolicyCluster:
+			if lbOnly(AnnotationExternalTrafficPolicy, v) {
+				cfg.ExternalTrafficPolicy = p
+			}
+		default:
+			invalid(AnnotationExternalTrafficPolicy, v, `accepted values: "Local" (the default: no second hop, the client's address kept), "Cluster"`)
+		}
+	}
+	if v, ok := annotations[AnnotationServiceAnnotations]; ok {
+		parsed, err := parseServiceAnnotations(v)
+		if err != nil {
+			invalid(AnnotationServiceAnnotations, v, err.Error())
+		} else if lbOnly(AnnotationServiceAnnotations, v) {
+			cfg.ServiceAnnotations = parsed
+		}
+	}
+}
+
+func parseServiceAnnotations(v string) (map[string]string, error) {
+	if len(v) > maxServiceAnnotations {
+		return nil, fmt.Errorf("is %d bytes; at most %d", len(v), maxServiceAnnotations)
+	}
+	var m map[string]string
+	if err := json.Unmarshal([]byte(v), &m); err != nil {
+		return nil, fmt.Errorf(`must be a JSON object of strings, e.g. {"service.beta.kubernetes.io/aws-load-balancer-type":"nlb"}`)
+	}
+	for k := range m {
+		if IsBrokerportKey(k) {
+			return nil, fmt.Errorf("key %q: brokerport.io/ annotations of a broker Service are brokerport's", clipPart(k))
+		}
+	}
+	if errs := apivalidation.ValidateAnnotations(m, field.NewPath("")); len(errs) > 0 {
+		return nil, fmt.Errorf("not valid Service annotations: %s", clip(errs.ToAggregate().Error(), 2*maxEchoed))
+	}
+	return m, nil
+}
+
+// loadBalancerSpec makes svc (BrokerService's, with the StatefulSet's labels, owner and selector)
+// the broker's LoadBalancer Service: one port per listener on the listener's containerPort, the
+// nodePorts left to the API server (outside brokerport's band, which it leaves alone), and the
+// passed-through annotations, recorded so that a key removed later is removed from the Service.
+func loadBalancerSpec(svc *corev1.Service, cfg Config) {
+	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalTrafficPolicy = cfg.ExternalTrafficPolicy
+	for i := range svc.Spec.Ports {
+		svc.Spec.Ports[i].NodePort = 0
+	}
+	if len(cfg.ServiceAnnotations) > 0 {
+		svc.Annotations = make(map[string]string, len(cfg.ServiceAnnotations)+1)
+		for k, v := range cfg.ServiceAnnotations {
+			svc.Annotations[k] = v
+		}
+		recorded, _ := json.Marshal(cfg.ServiceAnnotations) // keys sorted: the same map, the same text
+		svc.Annotations[AnnotationServiceAnnotations] = string(recorded)
+	}
+}
+
+// PassedAnnotations are the annotation keys brokerport passed to a broker Service, as recorded
+// on it.
+func PassedAnnotations(svc *corev1.Service) []string {
+	var m map[string]string
+	if json.Unmarshal([]byte(svc.Annotations[AnnotationServiceAnnotations]), &m) != nil {
+		return nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// IngressHost is the address a load balancer gave a Service: its first ingress IP or hostname,
+// "" while it has none.
+func IngressHost(svc *corev1.Service) string {
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP != "" {
+			return in.IP
+		}
+		if in.Hostname != "" {
+			return in.Hostname
+		}
+	}
+	return ""
+}
+
+// LoadBalancerFacts is what the controller knows of a broker's LoadBalancer Service.
+type LoadBalancerFacts struct {
+	Service string
+	// Ingress is the Service's address ("" while the load balancer has given none).
+	Ingress string
+	// Overdue: the Service has waited for an address longer than a load balancer takes.
+	Overdue bool
+}
+
+// observeLoadBalanced is ObserveBroker for a bound broker of the loadbalancer strategy: exposed
+// once its pod was admitted for it (no hostPort) and its Service has an address.
+func observeLoadBalanced(cfg Config, ordinal int, facts BrokerFacts, state BrokerState) BrokerState {
+	pod := facts.Pod
+	for _, l := range cfg.Listeners {
+		if admittedHostPort(pod, l.ContainerPort) != 0 {
+			state.Reason, state.Transient = "it still listens on a node port of the nodeport strategy until it restarts", true
+			return state
+		}
+	}
+	lb := facts.LoadBalancer
+	switch {
+	case facts.ServiceProblem != "":
+		state.Reason = facts.ServiceProblem
+		return state
+	case lb.Ingress == "":
+		state.Reason = fmt.Sprintf("Service %s has no load-balancer address yet", lb.Service)
+		if lb.Overdue {
+			state.Reason += ": is a load-balancer controller running, and does it serve this Service's type and annotations?"
+		}
+		state.Transient = !lb.Overdue
+		return state
+	}
+	state.Host = lb.Ingress
+	state.Ports = make([]int32, len(cfg.Listeners))
+	for l := range cfg.Listeners {
+		state.Ports[l] = cfg.Port(ordinal, l)
+	}
+	state.Exposed = true
+	return state
+}
+
+// LoadBalancerAddress is what a broker of the loadbalancer strategy advertises, as the address
+// annotations carry it: the ingress as its host, and its pod's node and zone.
+func LoadBalancerAddress(ingress string, node *corev1.Node) NodeAddress {
+	addr := NodeAddress{Host: ingress}
+	if node != nil {
+		addr.Node = node.Name
+		addr.Zone = node.Labels[LabelZone]
+	}
+	return addr
+}
+
+// mutateLoadBalancerService is MutateService for the loadbalancer strategy: the type and traffic
+// policy the StatefulSet asks for, each port named after a listener. Its nodePorts are the API
+// server's to allocate.
+func mutateLoadBalancerService(svc *corev1.Service, cfg Config) field.ErrorList {
+	ports := field.NewPath("spec", "ports")
+	for i, p := range svc.Spec.Ports {
+		if !slices.ContainsFunc(cfg.Listeners, func(l Listener) bool { return l.Name == p.Name }) {
+			return field.ErrorList{field.NotSupported(ports.Index(i).Child("name"), p.Name, listenerNames(cfg))}
+		}
+	}
+	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalTrafficPolicy = cfg.ExternalTrafficPolicy
+	return nil
+}
