@@ -106,6 +106,35 @@ func ObserveBroker(cfg Config, cluster string, ordinal int, facts BrokerFacts) B
 	return state
 }
 
+// CertificateFacts is what the controller knows of a broker's certificate (a tls-issuer only).
+type CertificateFacts struct {
+	Name string
+	// Named: the Certificate asks for the broker's current host; Issued: cert-manager has issued
+	// what it asks for.
+	Named, Issued bool
+	// Problem says why there is no Certificate to wait for.
+	Problem string
+}
+
+// WithCertificate is an exposed broker's state once its certificate is known: with a tls-issuer,
+// a broker is reachable only once its certificate names its host (until then its gate holds it).
+func WithCertificate(state BrokerState, cfg Config, cert CertificateFacts) BrokerState {
+	if cfg.TLSIssuer == nil || !state.Exposed {
+		return state
+	}
+	switch {
+	case cert.Problem != "":
+		state.Reason = cert.Problem
+	case !cert.Named || !cert.Issued:
+		state.Reason, state.Transient = fmt.Sprintf("waiting for cert-manager to issue Certificate %s naming %s", cert.Name, state.Host), true
+	default:
+		return state
+	}
+	state.Exposed = false
+	state.Ports = make([]int32, len(cfg.Listeners))
+	return state
+}
+
 // admittedHostPort is the hostPort a broker pod was admitted with for a listener's containerPort,
 // 0 when there is none.
 func admittedHostPort(pod *corev1.Pod, containerPort int32) int32 {

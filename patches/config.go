@@ -125,6 +125,8 @@ type Config struct {
 	// (StrategyLoadBalancer only).
 	ServiceAnnotations    map[string]string
 	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy
+	// TLSIssuer, when set, has each broker's certificate issued by cert-manager.
+	TLSIssuer *IssuerRef
 }
 
 // LoadBalanced tells whether the brokers are reached through LoadBalancer Services.
@@ -246,10 +248,21 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			cfg.ListenerName = v
 		}
 	}
-	if v, ok := annotations[AnnotationSecurityProtocol]; ok {
-		if !slices.Contains(securityProtocols, v) {
-			invalid(AnnotationSecurityProtocol, v, "accepted values: "+strings.Join(securityProtocols, ", "))
+	if v, ok := annotations[AnnotationTLSIssuer]; ok {
+		if issuer, err := parseIssuer(v); err != nil {
+			invalid(AnnotationTLSIssuer, v, err.Error())
 		} else {
+			cfg.TLSIssuer = issuer
+			cfg.SecurityProtocol = "SSL" // the certificate is for a TLS listener
+		}
+	}
+	if v, ok := annotations[AnnotationSecurityProtocol]; ok {
+		switch {
+		case !slices.Contains(securityProtocols, v):
+			invalid(AnnotationSecurityProtocol, v, "accepted values: "+strings.Join(securityProtocols, ", "))
+		case cfg.TLSIssuer != nil && !strings.HasSuffix(v, "SSL"):
+			invalid(AnnotationSecurityProtocol, v, fmt.Sprintf("with %s the external listener serves TLS: SSL (the default then) or SASL_SSL", AnnotationTLSIssuer))
+		default:
 			cfg.SecurityProtocol = v
 		}
 	}

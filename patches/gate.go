@@ -34,11 +34,16 @@ func GateResources(cpu, memory string) corev1.ResourceRequirements {
 
 // addGate puts the gate first among the init containers (so that the others, which may read
 // BROKERPORT_HOST, start after it) with the downward-API volume it reads.
-func addGate(pod *corev1.Pod, image string, resources corev1.ResourceRequirements) {
+// With tls, it also waits until the certificate Secret mounted at TLSDir names that host.
+func addGate(pod *corev1.Pod, image string, resources corev1.ResourceRequirements, tls bool) {
+	args := []string{"wait-address", "--file", GateHostFile}
+	if tls {
+		args = append(args, "--tls-dir", TLSDir)
+	}
 	gate := corev1.Container{
 		Name:         GateContainer,
 		Image:        image,
-		Args:         []string{"wait-address", "--file", GateHostFile},
+		Args:         args,
 		VolumeMounts: []corev1.VolumeMount{{Name: gateVolume, MountPath: gateMountPath, ReadOnly: true}},
 		Resources:    *resources.DeepCopy(),
 		SecurityContext: &corev1.SecurityContext{

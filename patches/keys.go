@@ -39,6 +39,9 @@ const (
 	AnnotationServiceAnnotations = "brokerport.io/service-annotations"
 	// AnnotationExternalTrafficPolicy (loadbalancer) is the Services' externalTrafficPolicy.
 	AnnotationExternalTrafficPolicy = "brokerport.io/external-traffic-policy"
+	// AnnotationTLSIssuer names the cert-manager Issuer or ClusterIssuer that issues each broker
+	// a certificate naming its advertised address (see tls.go).
+	AnnotationTLSIssuer = "brokerport.io/tls-issuer"
 )
 
 // configAnnotations are the annotations copied from a StatefulSet into its pod template, in a
@@ -58,6 +61,7 @@ var configAnnotations = []string{
 	AnnotationStrategy,
 	AnnotationServiceAnnotations,
 	AnnotationExternalTrafficPolicy,
+	AnnotationTLSIssuer,
 }
 
 // Address annotations, written on a broker pod when it is bound to a node.

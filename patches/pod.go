@@ -74,13 +74,10 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 	if err != nil {
 		return field.ErrorList{err}
 	}
-	if broker.Config.LoadBalanced() {
-		// The broker's address is its Service's, known only once the load balancer gives it:
-		// without the gate it would start advertising an empty host.
-		if opts.GateImage == "" {
-			return field.ErrorList{field.Invalid(field.NewPath("metadata", "annotations").Key(AnnotationStrategy), string(StrategyLoadBalancer), "the broker must wait for its load balancer's address, which needs brokerport's gate: run brokerport serve with --gate-image (the install manifests do)")}
-		}
-	} else {
+	if err := needsGate(broker.Config, opts); err != nil {
+		return field.ErrorList{err}
+	}
+	if !broker.Config.LoadBalanced() {
 		if err := setHostPorts(pod, ci, broker); err != nil {
 			return field.ErrorList{err}
 		}
@@ -105,7 +102,15 @@ func MutatePod(pod *corev1.Pod, node *corev1.Node, opts Options) field.ErrorList
 		}
 	}
 	if opts.GateImage != "" {
-		addGate(pod, opts.GateImage, opts.GateResources)
+		addGate(pod, opts.GateImage, opts.GateResources, broker.Config.TLSIssuer != nil)
+	}
+	if broker.Config.TLSIssuer != nil {
+		mountTLS(pod, broker)
+		if broker.Config.Flavor == FlavorKafka || broker.Config.Flavor == FlavorBitnami {
+			if err := setEnv(c, kafkaTLSEnv(broker.Config), containers.Index(ci).Child("env")); err != nil {
+				return field.ErrorList{err}
+			}
+		}
 	}
 
 	if pod.Spec.NodeName != "" && !broker.Config.LoadBalanced() {
@@ -287,6 +292,9 @@ func brokerEnv(b Broker) []corev1.EnvVar {
 		{Name: hostURIVar, ValueFrom: fieldRef(annotationRef(AnnotationHostURI))},
 		{Name: EnvPrefix + "ZONE", ValueFrom: fieldRef(annotationRef(AnnotationZone))},
 		{Name: EnvPrefix + "ORDINAL", Value: strconv.Itoa(b.Ordinal)},
+	}
+	if b.Config.TLSIssuer != nil {
+		env = append(env, corev1.EnvVar{Name: tlsDirVar, Value: TLSDir})
 	}
 	for l, listener := range b.Config.Listeners {
 		port := portVar(listener)

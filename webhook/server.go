@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"crypto/tls"
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -83,7 +84,9 @@ func CacheOptions() cache.Options {
 				Transform: keepBrokerPod,
 			},
 			&corev1.ConfigMap{}: {Label: labels.NewSelector().Add(*published)},
-			&corev1.Namespace{}: {Transform: keepPodSecurity},
+			// Read only where cert-manager is installed (controller.CertManagerInstalled).
+			&cmapi.Certificate{}: {Label: labels.NewSelector().Add(*published)},
+			&corev1.Namespace{}:  {Transform: keepPodSecurity},
 		},
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}
@@ -106,7 +109,8 @@ func keepStatefulSet(obj any) (any, error) {
 	}
 	out := &appsv1.StatefulSet{
 		ObjectMeta: slimMeta(sts.ObjectMeta, patches.IsBrokerportKey, patches.IsBrokerportKey),
-		Spec:       appsv1.StatefulSetSpec{Replicas: sts.Spec.Replicas, Ordinals: sts.Spec.Ordinals},
+		// The governing Service names the brokers inside the cluster, in their certificates.
+		Spec: appsv1.StatefulSetSpec{Replicas: sts.Spec.Replicas, Ordinals: sts.Spec.Ordinals, ServiceName: sts.Spec.ServiceName},
 		// Which template revision is current, to tell a pod that predates a change from an
 		// edited one.
 		Status: appsv1.StatefulSetStatus{ObservedGeneration: sts.Status.ObservedGeneration, UpdateRevision: sts.Status.UpdateRevision},

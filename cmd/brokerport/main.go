@@ -213,7 +213,8 @@ func serve(args []string) error {
 	if err := mgr.Add(prober); err != nil {
 		return fmt.Errorf("setting up the probe: %w", err)
 	}
-	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts}
+	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts,
+		CertManager: controller.CertManagerInstalled(mgr.GetRESTMapper())}
 	if *probePeriod > 0 {
 		reconciler.Reachability, reconciler.ProbeChanges = prober, prober.Changes()
 	}
@@ -362,12 +363,13 @@ func reorderFlags(args []string) []string {
 func waitAddress(args []string) error {
 	fs := flag.NewFlagSet("wait-address", flag.ExitOnError)
 	file := fs.String("file", patches.GateHostFile, "downward-API file holding the pod's brokerport.io/host annotation")
+	tlsDir := fs.String("tls-dir", "", "directory of the broker's mounted certificate Secret: wait until its tls.crt names the host too")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return gate.Wait(ctx, *file, os.Stdout, time.Second, 10*time.Second)
+	return gate.Wait(ctx, *file, *tlsDir, os.Stdout, time.Second, 10*time.Second)
 }
 
 func readObjects(path string) ([][]byte, error) {

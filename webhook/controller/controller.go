@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -57,6 +58,8 @@ type Reconciler struct {
 	ProbeChanges <-chan event.GenericEvent
 	// Now is the clock (nil: time.Now), for tests of what waits.
 	Now func() time.Time
+	// CertManager: the API server serves cert-manager's Certificates (CertManagerInstalled).
+	CertManager bool
 
 	// edited remembers, per pod UID, the edited annotations already reported, so that each
 	// edit is said once.
@@ -79,6 +82,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Service{}, byCluster).
 		Watches(&corev1.ConfigMap{}, byCluster).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.clustersOnNode), builder.WithPredicates(addressChanged))
+	if r.CertManager {
+		b = b.Watches(&cmapi.Certificate{}, byCluster)
+	}
 	if r.ProbeChanges != nil {
 		b = b.WatchesRawSource(source.Channel(r.ProbeChanges, &handler.EnqueueRequestForObject{}))
 	}
@@ -170,8 +176,19 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		states = append(states, patches.ObserveBroker(cfg, sts.Name, ordinal, facts))
 	}
+	var certErr error
+	if cfg.TLSIssuer != nil {
+		var certs map[int]patches.CertificateFacts
+		if certs, certErr = r.certificates(ctx, sts, cfg, first, states, brokers); certs != nil {
+			for i := range states {
+				states[i] = patches.WithCertificate(states[i], cfg, certs[first+i])
+			}
+		}
+	} else if err := r.removeCertificates(ctx, sts.Namespace, sts.Name); err != nil {
+		certErr = err // the issuer was removed: its Certificates go
+	}
 	r.reportEdited(sts, brokers)
-	repairErr := r.repair(ctx, sts, cfg, brokers, nodes, balancers)
+	repairErr := errors.Join(r.repair(ctx, sts, cfg, brokers, nodes, balancers), certErr)
 	if err := r.publish(ctx, sts, cfg, states); err != nil {
 		return reconcile.Result{}, errors.Join(repairErr, err)
 	}
@@ -291,6 +308,9 @@ func before(a, b *appsv1.StatefulSet) bool {
 // its Services and ConfigMap, and, for an opted-out one, its brokers that never started.
 func (r *Reconciler) remove(ctx context.Context, namespace, name string, sts *appsv1.StatefulSet) error {
 	brokerGauge.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "statefulset": name})
+	if err := r.removeCertificates(ctx, namespace, name); err != nil {
+		return err
+	}
 	var services corev1.ServiceList
 	if err := r.Client.List(ctx, &services, client.InNamespace(namespace), client.MatchingLabels{patches.LabelCluster: name, patches.LabelExpose: patches.ExposeValue, patches.LabelManagedBy: patches.ManagedByValue}); err != nil {
 		return fmt.Errorf("listing broker Services: %w", err)

@@ -7,11 +7,13 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -80,6 +82,7 @@ func newFixture(t *testing.T) *fixture {
 		},
 		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
 			mutateServices(obj)
+			bumpGeneration(ctx, c, obj)
 			if err := nodePortsFree(ctx, c, obj); err != nil {
 				return err
 			}
@@ -97,6 +100,19 @@ func newFixture(t *testing.T) *fixture {
 	}).Build()
 	f.r = &Reconciler{Client: f.client, API: f.client, Events: f.events, Options: patches.DefaultOptions()}
 	return f
+}
+
+// bumpGeneration moves a Certificate's generation on when its spec changes, as the API server
+// does for a custom resource with a status subresource (the fake does not).
+func bumpGeneration(ctx context.Context, c client.Client, obj client.Object) {
+	cert, ok := obj.(*cmapi.Certificate)
+	if !ok {
+		return
+	}
+	stored := &cmapi.Certificate{}
+	if c.Get(ctx, client.ObjectKeyFromObject(cert), stored) == nil && !apiequality.Semantic.DeepEqual(stored.Spec, cert.Spec) {
+		cert.Generation = stored.Generation + 1
+	}
 }
 
 // nodePortsFree refuses a Service write that claims a nodePort another Service holds, as the API

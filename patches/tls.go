@@ -1,0 +1,189 @@
+package patches
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/ptr"
+)
+
+// TLS for the external listener: brokerport knows the address each broker advertises (its node's
+// at binding, or its load balancer's), so it can have cert-manager issue each broker a
+// certificate that names that address, and clients can verify the broker's hostname. The
+// Certificate is the controller's (one per broker, SANs from the broker's current host and its
+// in-cluster names); the pod mutation mounts its Secret, known by the pod's ordinal; the gate
+// holds the broker back until the certificate names the host it advertises.
+
+// IssuerRef names the cert-manager Issuer (in the StatefulSet's namespace) or ClusterIssuer.
+type IssuerRef struct {
+	Kind string // "Issuer" or "ClusterIssuer"
+	Name string
+}
+
+func (r IssuerRef) String() string { return r.Kind + "/" + r.Name }
+
+// parseIssuer reads brokerport.io/tls-issuer: "<name>" (an Issuer), "Issuer/<name>" or
+// "ClusterIssuer/<name>".
+func parseIssuer(v string) (*IssuerRef, error) {
+	kind, name, ok := strings.Cut(v, "/")
+	if !ok {
+		kind, name = cmapi.IssuerKind, v
+	}
+	if kind != cmapi.IssuerKind && kind != cmapi.ClusterIssuerKind {
+		return nil, fmt.Errorf(`kind %q: accepted "<issuer>", "Issuer/<issuer>" or "ClusterIssuer/<issuer>"`, clipPart(kind))
+	}
+	if msgs := validation.IsDNS1123Subdomain(name); len(msgs) > 0 {
+		return nil, fmt.Errorf("%q is not the name of a cert-manager %s (a DNS subdomain)", clipPart(name), kind)
+	}
+	return &IssuerRef{Kind: kind, Name: name}, nil
+}
+
+// TLS paths in the broker's containers and the gate.
+const (
+	tlsVolume = "brokerport-tls"
+	// TLSDir is where a broker's certificate Secret is mounted: tls.crt, tls.key, ca.crt and
+	// tls-combined.pem (key and chain in one file, as Kafka's PEM keystore reads it). Not under
+	// the gate's read-only /etc/brokerport, where the runtime could not make its mount point.
+	TLSDir = "/etc/brokerport-tls"
+	// tlsCombined is the Secret key of cert-manager's CombinedPEM output format.
+	tlsCombined = "tls-combined.pem"
+)
+
+// TLSSecretName is the name of broker ordinal's certificate Secret, and of its Certificate.
+func TLSSecretName(cluster string, ordinal int) string {
+	return BrokerServiceName(cluster, ordinal) + "-tls"
+}
+
+// BrokerCertificate is broker ordinal's cert-manager Certificate: its SANs are host (the address
+// it advertises: an IP address or a DNS name) and its names inside the cluster (through the
+// StatefulSet's governing Service), so that one certificate serves every listener.
+func BrokerCertificate(sts *appsv1.StatefulSet, cfg Config, ordinal int, host string) *cmapi.Certificate {
+	name := TLSSecretName(sts.Name, ordinal)
+	labels := map[string]string{LabelCluster: sts.Name, LabelManagedBy: ManagedByValue}
+	cert := &cmapi.Certificate{
+		TypeMeta: metav1.TypeMeta{APIVersion: cmapi.SchemeGroupVersion.String(), Kind: cmapi.CertificateKind},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: sts.Namespace, Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(sts, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))},
+		},
+		Spec: cmapi.CertificateSpec{
+			SecretName:     name,
+			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: labels},
+			IssuerRef:      cmmeta.IssuerReference{Group: "cert-manager.io", Kind: cfg.TLSIssuer.Kind, Name: cfg.TLSIssuer.Name},
+			// PKCS#8: Kafka's PEM keystore reads no other encoding. A new key on every issue, so
+			// that a broker that moves does not keep the key of its last address.
+			PrivateKey: &cmapi.CertificatePrivateKey{
+				Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256, Encoding: cmapi.PKCS8,
+				RotationPolicy: cmapi.RotationPolicyAlways,
+			},
+			Usages:                  []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+			AdditionalOutputFormats: []cmapi.CertificateAdditionalOutputFormat{{Type: cmapi.CertificateOutputFormatCombinedPEM}},
+		},
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		cert.Spec.IPAddresses = []string{ip.String()}
+	} else if host != "" {
+		cert.Spec.DNSNames = []string{host}
+	}
+	pod := fmt.Sprintf("%s-%d", sts.Name, ordinal)
+	if svc := sts.Spec.ServiceName; svc != "" {
+		for _, suffix := range []string{"", "." + sts.Namespace, "." + sts.Namespace + ".svc", "." + sts.Namespace + ".svc.cluster.local"} {
+			if n := pod + "." + svc + suffix; !slices.Contains(cert.Spec.DNSNames, n) {
+				cert.Spec.DNSNames = append(cert.Spec.DNSNames, n)
+			}
+		}
+	}
+	return cert
+}
+
+// CertificateNames tells whether a Certificate's spec names host, and whether it is issued for
+// that spec (Ready, and of the spec's generation).
+func CertificateNames(cert *cmapi.Certificate, host string) (named, issued bool) {
+	ip := net.ParseIP(host)
+	named = (ip != nil && slices.ContainsFunc(cert.Spec.IPAddresses, func(a string) bool { return ip.Equal(net.ParseIP(a)) })) ||
+		(ip == nil && host != "" && slices.Contains(cert.Spec.DNSNames, host))
+	for _, c := range cert.Status.Conditions {
+		if c.Type == cmapi.CertificateConditionReady {
+			issued = c.Status == cmmeta.ConditionTrue && c.ObservedGeneration == cert.Generation
+		}
+	}
+	return named, issued
+}
+
+// mountTLS mounts broker ordinal's certificate Secret in the broker container and its init
+// containers (a configurator may copy it) and tells them where: BROKERPORT_TLS_DIR. The volume is
+// optional: the Secret comes after the pod (its SANs need the pod's host), and the gate, not the
+// kubelet, is what waits for it, saying why.
+func mountTLS(pod *corev1.Pod, broker Broker) {
+	volume := corev1.Volume{Name: tlsVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName: TLSSecretName(broker.Cluster, broker.Ordinal), Optional: ptr.To(true),
+	}}}
+	if i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == tlsVolume }); i >= 0 {
+		pod.Spec.Volumes[i] = volume
+	} else {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, volume)
+	}
+	mount := corev1.VolumeMount{Name: tlsVolume, MountPath: TLSDir, ReadOnly: true}
+	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
+		for i := range list {
+			c := &list[i]
+			if j := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == tlsVolume }); j >= 0 {
+				c.VolumeMounts[j] = mount
+			} else if c.Name == GateContainer || slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == tlsDirVar }) {
+				c.VolumeMounts = append(c.VolumeMounts, mount)
+			}
+		}
+	}
+}
+
+// tlsDirVar tells the broker where its certificate is.
+const tlsDirVar = EnvPrefix + "TLS_DIR"
+
+// kafkaTLSEnv are the flavor's settings of the external listener's keystore: Kafka's PEM
+// keystore, read from the combined key-and-chain file (listener.name.<listener>.ssl.keystore.*).
+func kafkaTLSEnv(cfg Config) []corev1.EnvVar {
+	prefix := cfg.Flavor.envPrefix() + "LISTENER_NAME_" + cfg.ListenerName + "_SSL_KEYSTORE_"
+	return []corev1.EnvVar{
+		{Name: prefix + "TYPE", Value: "PEM"},
+		{Name: prefix + "LOCATION", Value: TLSDir + "/" + tlsCombined},
+	}
+}
+
+// setEnv sets each variable in the container, refusing one the user set to something else.
+func setEnv(c *corev1.Container, vars []corev1.EnvVar, envPath *field.Path) *field.Error {
+	for _, v := range vars {
+		i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == v.Name })
+		switch {
+		case i < 0:
+			c.Env = append(c.Env, v)
+		case c.Env[i].Value != v.Value || c.Env[i].ValueFrom != nil:
+			return field.Invalid(envPath.Index(i), v.Name, fmt.Sprintf("with %s brokerport sets %s=%s (the certificate it mounts); remove it from the container", AnnotationTLSIssuer, v.Name, v.Value))
+		}
+	}
+	return nil
+}
+
+// needsGate refuses a configuration whose brokers must wait for something (their load
+// balancer's address, their certificate) when there is no gate to make them wait.
+func needsGate(cfg Config, opts Options) *field.Error {
+	if opts.GateImage != "" {
+		return nil
+	}
+	annotations := field.NewPath("metadata", "annotations")
+	switch {
+	case cfg.LoadBalanced():
+		return field.Invalid(annotations.Key(AnnotationStrategy), string(StrategyLoadBalancer), "the broker must wait for its load balancer's address, which needs brokerport's gate: run brokerport serve with --gate-image (the install manifests do)")
+	case cfg.TLSIssuer != nil:
+		return field.Invalid(annotations.Key(AnnotationTLSIssuer), cfg.TLSIssuer.String(), "the broker must wait for a certificate that names its address, which needs brokerport's gate: run brokerport serve with --gate-image (the install manifests do)")
+	}
+	return nil
+}
