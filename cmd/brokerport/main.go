@@ -213,8 +213,7 @@ func serve(args []string) error {
 	if err := mgr.Add(prober); err != nil {
 		return fmt.Errorf("setting up the probe: %w", err)
 	}
-	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts,
-		CertManager: controller.CertManagerInstalled(mgr.GetRESTMapper())}
+	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts}
 	if *probePeriod > 0 {
 		reconciler.Reachability, reconciler.ProbeChanges = prober, prober.Changes()
 	}

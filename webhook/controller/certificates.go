@@ -31,7 +31,7 @@ func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, 
 	facts := map[int]patches.CertificateFacts{}
 	if !r.CertManager {
 		for i := range states {
-			facts[first+i] = patches.CertificateFacts{Problem: fmt.Sprintf("%s is set, but cert-manager was not installed when brokerport started (no certificates.cert-manager.io): install it, then restart brokerport", patches.AnnotationTLSIssuer)}
+			facts[first+i] = patches.CertificateFacts{Problem: fmt.Sprintf("%s is set, but cert-manager is not installed (the API server serves no certificates.cert-manager.io): install it", patches.AnnotationTLSIssuer)}
 		}
 		return facts, nil
 	}

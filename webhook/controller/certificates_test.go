@@ -121,5 +121,5 @@ func TestCertificatesWithoutCertManager(t *testing.T) {
 	f := newTLSFixture(t)
 	f.r.CertManager = false
 	f.reconcile()
-	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning BrokerNotExposed broker redpanda-0 is not exposed: brokerport.io/tls-issuer is set, but cert-manager was not installed when brokerport started")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning BrokerNotExposed broker redpanda-0 is not exposed: brokerport.io/tls-issuer is set, but cert-manager is not installed")
 }

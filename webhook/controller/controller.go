@@ -22,6 +22,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -58,8 +59,15 @@ type Reconciler struct {
 	ProbeChanges <-chan event.GenericEvent
 	// Now is the clock (nil: time.Now), for tests of what waits.
 	Now func() time.Time
-	// CertManager: the API server serves cert-manager's Certificates (CertManagerInstalled).
+	// CertManager: the API server serves cert-manager's Certificates. SetupWithManager looks,
+	// and a StatefulSet that asks for certificates looks again (cert-manager installed after
+	// brokerport), starting the Certificate watch then.
 	CertManager bool
+
+	mgr         ctrl.Manager
+	ctrl        controller.Controller
+	byCluster   handler.EventHandler
+	certManager sync.Mutex
 
 	// edited remembers, per pod UID, the edited annotations already reported, so that each
 	// edit is said once.
@@ -75,6 +83,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return nil
 	})
+	r.mgr, r.byCluster = mgr, byCluster
+	r.CertManager = CertManagerInstalled(mgr.GetRESTMapper())
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("brokerport").
 		For(&appsv1.StatefulSet{}).
@@ -88,7 +98,25 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.ProbeChanges != nil {
 		b = b.WatchesRawSource(source.Channel(r.ProbeChanges, &handler.EnqueueRequestForObject{}))
 	}
-	return b.Complete(r)
+	c, err := b.Build(r)
+	r.ctrl = c
+	return err
+}
+
+// certManagerInstalled tells whether cert-manager's Certificates are served, looking again
+// while they were not: once they are, the controller starts watching them.
+func (r *Reconciler) certManagerInstalled(ctx context.Context) bool {
+	r.certManager.Lock()
+	defer r.certManager.Unlock()
+	if r.CertManager || r.mgr == nil || !CertManagerInstalled(r.mgr.GetRESTMapper()) {
+		return r.CertManager
+	}
+	if err := r.ctrl.Watch(source.Kind(r.mgr.GetCache(), client.Object(&cmapi.Certificate{}), r.byCluster)); err != nil {
+		logf.FromContext(ctx).Error(err, "watching cert-manager's Certificates")
+		return false
+	}
+	r.CertManager = true
+	return true
 }
 
 // addressChanged passes node updates that change what a broker would advertise, not heartbeats.
@@ -177,7 +205,9 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 		states = append(states, patches.ObserveBroker(cfg, sts.Name, ordinal, facts))
 	}
 	var certErr error
+	waitingForCertManager := false
 	if cfg.TLSIssuer != nil {
+		waitingForCertManager = !r.certManagerInstalled(ctx)
 		var certs map[int]patches.CertificateFacts
 		if certs, certErr = r.certificates(ctx, sts, cfg, first, states, brokers); certs != nil {
 			for i := range states {
@@ -195,8 +225,9 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 	if repairErr != nil {
 		return reconcile.Result{}, repairErr
 	}
-	if len(problems) > 0 {
-		// A port held by someone else frees without an event brokerport watches: look again.
+	if len(problems) > 0 || waitingForCertManager {
+		// A port held by someone else frees, cert-manager is installed, without an event
+		// brokerport watches: look again.
 		return reconcile.Result{RequeueAfter: blockedRetry}, nil
 	}
 	for _, lb := range balancers {
