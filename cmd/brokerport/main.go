@@ -270,6 +270,7 @@ func renderCmd(args []string) error {
 	fs := flag.NewFlagSet("render", flag.ExitOnError)
 	file := fs.String("f", "", "manifest to render (multi-document YAML, e.g. helm template output; - for stdin)")
 	nodesFile := fs.String("nodes", "", "Node objects to bind brokers to (default: node-0…node-N with ExternalIPs 203.0.113.1…, zones zone-a/b/c)")
+	gateImage := fs.String("gate-image", "", "render the gate init container with this image, as serve --gate-image does (the install manifests set it; the loadbalancer strategy and tls-issuer need it)")
 	options := optionFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -281,6 +282,7 @@ func renderCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	opts.GateImage = *gateImage
 	objects, err := readObjects(*file)
 	if err != nil {
 		return err

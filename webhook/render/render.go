@@ -47,6 +47,8 @@ type Result struct {
 type Cluster struct {
 	Namespace, Name string
 	Block           patches.PortRange
+	// LoadBalanced: the brokers are reached through LoadBalancer Services (no port block).
+	LoadBalanced bool
 	Listeners       []patches.Listener
 	Brokers         []Broker
 }
@@ -240,7 +242,13 @@ func (r renderer) brokers(ctx context.Context, sts *appsv1.StatefulSet, nodes []
 	if len(errs) > 0 {
 		return errs.ToAggregate()
 	}
-	c := Cluster{Namespace: sts.Namespace, Name: sts.Name, Block: cfg.Block(), Listeners: cfg.Listeners}
+	c := Cluster{Namespace: sts.Namespace, Name: sts.Name, Block: cfg.Block(), Listeners: cfg.Listeners, LoadBalanced: cfg.LoadBalanced()}
+	if cfg.LoadBalanced() {
+		res.Notes = append(res.Notes, fmt.Sprintf("StatefulSet %s: each broker advertises the address its load balancer gives its Service (unknown offline: shown as <Service>); its gate holds it until then", sts.Name))
+	}
+	if cfg.TLSIssuer != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("StatefulSet %s: brokerport's controller asks %s for a certificate per broker naming its address (Certificate <sts>-<i>-external-tls), once the address is known", sts.Name, cfg.TLSIssuer))
+	}
 	replicas, start := 1, 0
 	if sts.Spec.Replicas != nil {
 		replicas = int(*sts.Spec.Replicas)
@@ -266,12 +274,16 @@ func (r renderer) brokers(ctx context.Context, sts *appsv1.StatefulSet, nodes []
 		if k >= len(nodes) {
 			res.Notes = append(res.Notes, fmt.Sprintf("pod %s would stay Pending: %d nodes for %d brokers, and brokerport places one broker per node", pod.Name, len(nodes), replicas))
 		} else {
-			if err := r.bindTo(ctx, pod, nodes[k]); err != nil {
+			if err := r.bindTo(ctx, pod, nodes[k], cfg.LoadBalanced()); err != nil {
 				return err
 			}
 			broker.Node = pod.Spec.NodeName
+			host := pod.Annotations[patches.AnnotationHost]
+			if cfg.LoadBalanced() {
+				host = "<" + patches.BrokerServiceName(sts.Name, ordinal) + ">"
+			}
 			for l := range cfg.Listeners {
-				broker.Addresses = append(broker.Addresses, net.JoinHostPort(pod.Annotations[patches.AnnotationHost], strconv.Itoa(int(cfg.Port(ordinal, l)))))
+				broker.Addresses = append(broker.Addresses, net.JoinHostPort(host, strconv.Itoa(int(cfg.Port(ordinal, l)))))
 			}
 		}
 		res.Pods = append(res.Pods, pod)
@@ -296,7 +308,8 @@ func (r renderer) brokers(ctx context.Context, sts *appsv1.StatefulSet, nodes []
 
 // bindTo binds the pod to the node as the scheduler and the API server would: the binding
 // webhook's annotations are copied onto the pod with its nodeName.
-func (r renderer) bindTo(ctx context.Context, pod *corev1.Pod, node *corev1.Node) error {
+// A broker of the loadbalancer strategy gets no address at binding (its Service has none yet).
+func (r renderer) bindTo(ctx context.Context, pod *corev1.Pod, node *corev1.Node, loadBalanced bool) error {
 	if err := r.reader.Create(ctx, pod.DeepCopy()); err != nil {
 		return fmt.Errorf("recording pod %s: %w", pod.Name, err)
 	}
@@ -316,7 +329,7 @@ func (r renderer) bindTo(ctx context.Context, pod *corev1.Pod, node *corev1.Node
 	if err := json.Unmarshal(out, binding); err != nil {
 		return err
 	}
-	if binding.Annotations[patches.AnnotationHost] == "" {
+	if binding.Annotations[patches.AnnotationHost] == "" && !loadBalanced {
 		return fmt.Errorf("binding pod %s to node %s: the node has no address brokerport accepts (see %s)", pod.Name, node.Name, patches.AnnotationAddressTypes)
 	}
 	pod.Spec.NodeName = node.Name
@@ -406,7 +419,11 @@ func (r *Result) Write(w io.Writer) error {
 // WriteTable prints each StatefulSet's advertised addresses, each line starting with prefix.
 func (r *Result) WriteTable(w io.Writer, prefix string) error {
 	for _, c := range r.Clusters {
-		fmt.Fprintf(w, "%sAdvertised addresses of StatefulSet %s/%s (port block %s):\n", prefix, c.Namespace, c.Name, c.Block)
+		block := "port block " + c.Block.String()
+		if c.LoadBalanced {
+			block = "LoadBalancer Services"
+		}
+		fmt.Fprintf(w, "%sAdvertised addresses of StatefulSet %s/%s (%s):\n", prefix, c.Namespace, c.Name, block)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		header := prefix + "BROKER\tNODE"
 		for _, l := range c.Listeners {

@@ -98,3 +98,32 @@ spec: {replicas: 1, template: {spec: {containers: [{name: k, image: k}]}}}
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `brokerport would refuse StatefulSet a: StatefulSet.apps "a" is invalid: metadata.annotations[brokerport.io/listeners]: Invalid value: "kafka:9094"`)
 }
+
+// The loadbalancer strategy offline: LoadBalancer Services, no hostPorts, and addresses shown as
+// the Services whose load balancer gives them; refused without the gate, which it needs.
+func TestRenderLoadBalancer(t *testing.T) {
+	f, err := os.ReadFile("../../examples/kafka.yaml")
+	require.NoError(t, err)
+	manifest := strings.Replace(string(f), "\n    brokerport.io/flavor: kafka", "\n    brokerport.io/flavor: kafka\n    brokerport.io/strategy: loadbalancer", 1)
+	require.NotEqual(t, string(f), manifest)
+	objects, err := ReadObjects(strings.NewReader(manifest))
+	require.NoError(t, err)
+	nodes := DefaultNodes(MostReplicas(objects))
+
+	_, err = Render(context.Background(), objects, nodes, patches.DefaultOptions())
+	require.ErrorContains(t, err, "needs brokerport's gate")
+
+	opts := patches.DefaultOptions()
+	opts.GateImage = "brokerport:dev"
+	res, err := Render(context.Background(), objects, nodes, opts)
+	require.NoError(t, err)
+	assert.NotContains(t, res.StatefulSets[0].Annotations, patches.AnnotationPortBase)
+	assert.Equal(t, corev1.ServiceTypeLoadBalancer, res.Services[1].Spec.Type)
+	for _, p := range res.Pods[1].Spec.Containers[0].Ports {
+		assert.Zero(t, p.HostPort)
+	}
+	var out bytes.Buffer
+	require.NoError(t, res.WriteTable(&out, ""))
+	assert.Contains(t, out.String(), "(LoadBalancer Services)")
+	assert.Contains(t, out.String(), "kafka-1  node-1  <kafka-1-external>:9094")
+}
