@@ -49,8 +49,8 @@ type Cluster struct {
 	Block           patches.PortRange
 	// LoadBalanced: the brokers are reached through LoadBalancer Services (no port block).
 	LoadBalanced bool
-	Listeners       []patches.Listener
-	Brokers         []Broker
+	Listeners    []patches.Listener
+	Brokers      []Broker
 }
 
 // Broker is one broker's node and its address per listener (in listener order).
