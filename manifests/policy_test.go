@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -112,6 +114,15 @@ var resources = map[string]schema.GroupVersionResource{
 	"Service": {Version: "v1", Resource: "services"}, "ConfigMap": {Version: "v1", Resource: "configmaps"},
 	"Pod": {Version: "v1", Resource: "pods"}, "Secret": {Version: "v1", Resource: "secrets"},
 	"StatefulSet": {Group: "apps", Version: "v1", Resource: "statefulsets"},
+	"Certificate": {Group: "cert-manager.io", Version: "v1", Resource: "certificates"},
+}
+
+// matches tells whether the policy's match constraints select this resource and operation.
+func (p *compiledPolicy) matches(gvr schema.GroupVersionResource, op admission.Operation) bool {
+	return slices.ContainsFunc(p.Spec.MatchConstraints.ResourceRules, func(rule admissionregistrationv1.NamedRuleWithOperations) bool {
+		return slices.Contains(rule.APIGroups, gvr.Group) && slices.Contains(rule.APIVersions, gvr.Version) &&
+			slices.Contains(rule.Resources, gvr.Resource) && slices.Contains(rule.Operations, admissionregistrationv1.OperationType(op))
+	})
 }
 
 // admit runs the request through the policy as the API server would: the match constraints'
@@ -125,11 +136,7 @@ func (p *compiledPolicy) admit(t *testing.T, r req) string {
 	kind := strings.TrimPrefix(fmt.Sprintf("%T", some), "*v1.")
 	gvr, ok := resources[kind]
 	require.True(t, ok, kind)
-	matched := slices.ContainsFunc(p.Spec.MatchConstraints.ResourceRules, func(rule admissionregistrationv1.NamedRuleWithOperations) bool {
-		return slices.Contains(rule.APIGroups, gvr.Group) && slices.Contains(rule.Resources, gvr.Resource) &&
-			slices.Contains(rule.Operations, admissionregistrationv1.OperationType(r.op))
-	})
-	if !matched {
+	if !p.matches(gvr, r.op) {
 		return ""
 	}
 	var obj, old runtime.Object // a nil client.Object stays a nil runtime.Object
@@ -255,6 +262,14 @@ func brokerPod() *corev1.Pod {
 	}
 }
 
+// certificate is a broker's cert-manager Certificate as brokerport asks for it, but for the
+// labels and owner (owned adds them).
+func certificate(namespace string) *cmapi.Certificate {
+	return &cmapi.Certificate{ObjectMeta: metav1.ObjectMeta{Name: "kafka-0-external-tls", Namespace: namespace},
+		Spec: cmapi.CertificateSpec{SecretName: "kafka-0-external-tls", IPAddresses: []string{"203.0.113.1"},
+			IssuerRef: cmmeta.IssuerReference{Group: "cert-manager.io", Kind: "ClusterIssuer", Name: "brokers-ca"}}}
+}
+
 func statefulSet(labels map[string]string) *appsv1.StatefulSet {
 	return &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "kafka", Namespace: "team-a", Labels: labels}, Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](3)}}
 }
@@ -265,7 +280,7 @@ func identityPolicies(t *testing.T) map[string]*compiledPolicy {
 	all := policies(t)
 	out := map[string]*compiledPolicy{}
 	for name, resources := range map[string][]string{
-		"brokerport-writes":             {"services", "configmaps", "secrets"},
+		"brokerport-writes":             {"services", "configmaps", "secrets", "certificates"},
 		"brokerport-pod-writes":         {"pods"},
 		"brokerport-statefulset-writes": {"statefulsets"},
 	} {
@@ -314,14 +329,39 @@ func TestWritesPolicy(t *testing.T) {
 		"drop its labels from its Service":    {req: req{op: admission.Update, obj: svc("team-a"), old: owned(svc("team-a"))}, deny: "services it owns"},
 		"delete its Service":                  {req: req{op: admission.Delete, old: owned(svc("team-a"))}},
 		"delete another's Service":            {req: req{op: admission.Delete, old: svc("default")}, deny: "services it owns"},
-		"create its ConfigMap":                {req: req{op: admission.Create, obj: owned(configMap("team-a"))}},
-		"update its ConfigMap":                {req: req{op: admission.Update, obj: owned(configMap("team-a")), old: owned(configMap("team-a"))}},
-		"update another's ConfigMap":          {req: req{op: admission.Update, obj: configMap("team-a"), old: configMap("team-a")}, deny: "configmaps it owns"},
-		"delete another's ConfigMap":          {req: req{op: admission.Delete, old: configMap("team-a")}, deny: "configmaps it owns"},
-		"its ConfigMap in kube-system":        {req: req{op: admission.Create, obj: owned(configMap("kube-system"))}, deny: "brokerport may not write configmaps in namespace kube-system"},
-		"delete in kube-system":               {req: req{op: admission.Delete, old: owned(configMap("kube-system"))}, deny: "in namespace kube-system"},
-		"its ConfigMap in brokerport-system":  {req: req{op: admission.Create, obj: owned(configMap("brokerport-system"))}, deny: "in namespace brokerport-system"},
-		"its certificate Secret":              {req: req{op: admission.Create, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}}}},
+		"create its Certificate":              {req: req{op: admission.Create, obj: owned(certificate("team-a"))}},
+		"reissue its Certificate":             {req: req{op: admission.Update, obj: owned(certificate("team-a")), old: owned(certificate("team-a"))}},
+		"delete its Certificate":              {req: req{op: admission.Delete, old: owned(certificate("team-a"))}},
+		"create an unlabeled Certificate":     {req: req{op: admission.Create, obj: certificate("team-a")}, deny: "brokerport writes only certificates it owns"},
+		"a Certificate in another StatefulSet's name": {req: req{op: admission.Create, obj: func() *cmapi.Certificate {
+			c := owned(certificate("team-a"))
+			c.OwnerReferences[0].Name = "other"
+			return c
+		}()}, deny: "certificates it owns"},
+		"a Certificate labeled for another StatefulSet": {req: req{op: admission.Create, obj: func() *cmapi.Certificate {
+			c := owned(certificate("team-a"))
+			c.Labels[patches.LabelCluster] = "other"
+			return c
+		}()}, deny: "certificates it owns"},
+		"a Certificate its StatefulSet does not control": {req: req{op: admission.Create, obj: func() *cmapi.Certificate {
+			c := owned(certificate("team-a"))
+			c.OwnerReferences[0].Controller = nil
+			return c
+		}()}, deny: "certificates it owns"},
+		"update another's Certificate":       {req: req{op: admission.Update, obj: certificate("team-b"), old: certificate("team-b")}, deny: "certificates it owns"},
+		"adopt a Certificate by labeling it": {req: req{op: admission.Update, obj: owned(certificate("team-b")), old: certificate("team-b")}, deny: "before and after the update"},
+		"delete another's Certificate":       {req: req{op: admission.Delete, old: certificate("team-b")}, deny: "certificates it owns"},
+		"its Certificate in kube-system":     {req: req{op: admission.Create, obj: owned(certificate("kube-system"))}, deny: "brokerport may not write certificates in namespace kube-system"},
+		"the webhook's serving Certificate": {req: req{op: admission.Update, obj: &cmapi.Certificate{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook", Namespace: "brokerport-system"}},
+			old: &cmapi.Certificate{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook", Namespace: "brokerport-system"}}}, deny: "may not write certificates in namespace brokerport-system"},
+		"create its ConfigMap":               {req: req{op: admission.Create, obj: owned(configMap("team-a"))}},
+		"update its ConfigMap":               {req: req{op: admission.Update, obj: owned(configMap("team-a")), old: owned(configMap("team-a"))}},
+		"update another's ConfigMap":         {req: req{op: admission.Update, obj: configMap("team-a"), old: configMap("team-a")}, deny: "configmaps it owns"},
+		"delete another's ConfigMap":         {req: req{op: admission.Delete, old: configMap("team-a")}, deny: "configmaps it owns"},
+		"its ConfigMap in kube-system":       {req: req{op: admission.Create, obj: owned(configMap("kube-system"))}, deny: "brokerport may not write configmaps in namespace kube-system"},
+		"delete in kube-system":              {req: req{op: admission.Delete, old: owned(configMap("kube-system"))}, deny: "in namespace kube-system"},
+		"its ConfigMap in brokerport-system": {req: req{op: admission.Create, obj: owned(configMap("brokerport-system"))}, deny: "in namespace brokerport-system"},
+		"its certificate Secret":             {req: req{op: admission.Create, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}}}},
 		"renew its certificate Secret": {req: req{op: admission.Update, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}},
 			old: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}}}},
 		"another Secret":                      {req: req{op: admission.Create, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "brokerport-system"}}}, deny: "brokerport writes only one Secret"},

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -75,7 +76,7 @@ func (r *recorder) record(verb string, obj runtime.Object, namespace, name strin
 		panic(err)
 	}
 	gvk.Kind = strings.TrimSuffix(gvk.Kind, "List")
-	mapping := map[string]string{"StatefulSet": "statefulsets", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
+	mapping := map[string]string{"StatefulSet": "statefulsets", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "MutatingWebhookConfiguration": "mutatingwebhookconfigurations", "Certificate": "certificates"}
 	r.calls = append(r.calls, call{verb: verb, group: gvk.Group, resource: mapping[gvk.Kind], namespace: namespace, name: name})
 }
 
@@ -224,6 +225,76 @@ func exercise(t *testing.T) ([]call, []write) {
 	_, err = lagging.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(sts)})
 	require.NoError(t, err)
 
+	// Per-broker TLS (brokerport.io/tls-issuer) on a cluster with cert-manager: the broker's
+	// Certificate is created, updated when its host changes, and deleted on opt-out.
+	secure := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "secure", Namespace: "team-c", UID: "secure-uid", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue},
+			Annotations: map[string]string{patches.AnnotationPortBase: "30050", patches.AnnotationTLSIssuer: "ClusterIssuer/brokers-ca"}},
+		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](1), ServiceName: "secure"},
+	}
+	asUser(func() {
+		require.NoError(t, cached.Create(ctx, secure))
+		require.NoError(t, cached.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}}))
+		require.NoError(t, cached.Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "secure-0", Namespace: "team-c", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "secure"},
+				Annotations:     map[string]string{patches.AnnotationPortBase: "30050", patches.AnnotationTLSIssuer: "ClusterIssuer/brokers-ca"},
+				OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(secure, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))}},
+			Spec: corev1.PodSpec{NodeName: "node-1"},
+		}))
+	})
+	withCertManager := &controller.Reconciler{Client: cached, API: direct, Events: events.NewFakeRecorder(100), Options: patches.DefaultOptions(), CertManager: true}
+	certificate := client.ObjectKey{Namespace: "team-c", Name: patches.TLSSecretName("secure", 0)}
+	_, err = withCertManager.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(secure)})
+	require.NoError(t, err)
+	asUser(func() {
+		require.NoError(t, cached.Get(ctx, certificate, &cmapi.Certificate{}), "created")
+		moved := &corev1.Node{}
+		require.NoError(t, cached.Get(ctx, client.ObjectKey{Name: "node-1"}, moved))
+		moved.Status.Addresses[0].Address = "203.0.113.3"
+		require.NoError(t, cached.Status().Update(ctx, moved))
+	})
+	_, err = withCertManager.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(secure)})
+	require.NoError(t, err)
+	asUser(func() {
+		cert := &cmapi.Certificate{}
+		require.NoError(t, cached.Get(ctx, certificate, cert))
+		require.Equal(t, []string{"203.0.113.3"}, cert.Spec.IPAddresses, "updated for the new host")
+		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(secure), secure))
+		secure.Labels = nil
+		require.NoError(t, cached.Update(ctx, secure))
+	})
+	_, err = withCertManager.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(secure)})
+	require.NoError(t, err)
+	asUser(func() {
+		require.True(t, apierrors.IsNotFound(cached.Get(ctx, certificate, &cmapi.Certificate{})), "deleted on opt-out")
+	})
+
+	// The loadbalancer strategy: a LoadBalancer Service per broker, replaced by a NodePort one
+	// (deleted and created again) when the StatefulSet switches back.
+	balanced := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "balanced", Namespace: "team-d", UID: "balanced-uid", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue},
+			Annotations: map[string]string{patches.AnnotationPortBase: "30060", patches.AnnotationStrategy: string(patches.StrategyLoadBalancer)}},
+		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](1)},
+	}
+	asUser(func() { require.NoError(t, cached.Create(ctx, balanced)) })
+	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(balanced)})
+	require.NoError(t, err)
+	balancer := &corev1.Service{}
+	asUser(func() {
+		require.NoError(t, cached.Get(ctx, client.ObjectKey{Namespace: "team-d", Name: "balanced-0-external"}, balancer))
+		require.Equal(t, corev1.ServiceTypeLoadBalancer, balancer.Spec.Type)
+		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(balanced), balanced))
+		delete(balanced.Annotations, patches.AnnotationStrategy)
+		require.NoError(t, cached.Update(ctx, balanced))
+	})
+	_, err = reconciler.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(balanced)})
+	require.NoError(t, err)
+	asUser(func() {
+		require.NoError(t, cached.Get(ctx, client.ObjectKeyFromObject(balancer), balancer))
+		require.Equal(t, corev1.ServiceTypeNodePort, balancer.Spec.Type, "switched back")
+	})
+
 	// Webhook snapshot (cached; live for what the cache cannot answer) and the binding webhook's
 	// GET on a cache miss (direct).
 	snapshot := webhook.ReaderSnapshot{Reader: cached, Live: direct}
@@ -353,9 +424,16 @@ func TestWritesStayWithinThePolicy(t *testing.T) {
 		if some == nil {
 			continue // deleting what is gone already
 		}
-		if _, ok := resources[strings.TrimPrefix(fmt.Sprintf("%T", some), "*v1.")]; !ok {
-			continue // not a kind the policies bound
+		kind := strings.TrimPrefix(fmt.Sprintf("%T", some), "*v1.")
+		gvr, ok := resources[kind]
+		if !ok {
+			// RBAC names the one object of this kind brokerport may write.
+			assert.Equal(t, "MutatingWebhookConfiguration", kind, "brokerport writes %s, which no policy bounds", kind)
+			continue
 		}
+		// A kind the policy does not match would pass unchecked.
+		require.NotNil(t, ps[gvr.Resource], "no policy bounds brokerport's writes of %s", gvr.Resource)
+		assert.True(t, ps[gvr.Resource].matches(gvr, admission.Operation(w.op)), "policy %s does not match %s %s", ps[gvr.Resource].Name, w.op, gvr)
 		msg := admitAsBrokerport(t, ps, req{op: admission.Operation(w.op), user: brokerportUser, obj: w.obj, old: w.old})
 		assert.Empty(t, msg, "%s %T %s/%s", w.op, some, some.GetNamespace(), some.GetName())
 	}
