@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"crypto/tls"
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -84,9 +83,10 @@ func CacheOptions() cache.Options {
 				Transform: keepBrokerPod,
 			},
 			&corev1.ConfigMap{}: {Label: labels.NewSelector().Add(*published)},
-			// Read only where cert-manager is installed (controller.CertManagerInstalled).
-			&cmapi.Certificate{}: {Label: labels.NewSelector().Add(*published)},
-			&corev1.Namespace{}:  {Transform: keepPodSecurity},
+			&corev1.Namespace{}: {Transform: keepPodSecurity},
+			// No cert-manager Certificate here: an entry makes the manager map its kind at
+			// start, which fails where cert-manager is not installed. Once the controller
+			// watches them (controller.CertManagerInstalled), they are cached whole.
 		},
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}

@@ -5,6 +5,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -125,7 +127,35 @@ func published(ctx context.Context, namespace, sts string, n int) error {
 // franz-go client and kcat bootstrap from the published bootstrap.servers and produce to and
 // consume from a partition led by each broker.
 func checkKafka(ctx context.Context, namespace, sts, container string, n int, advertised func(map[string]string) (string, error), tamper func(int, string) string) error {
+	return checkKafkaWith(ctx, namespace, sts, container, n, advertised, tamper, kafkaCheck{})
+}
+
+// kafkaCheck is how checkKafkaWith reaches the brokers: where each fake broker listens (default:
+// atNodePort), and, for TLS, each broker's server configuration and the CA clients trust
+// (clients verify the broker's hostname).
+type kafkaCheck struct {
+	listenAt  func(context.Context, *corev1.Pod) (string, error)
+	serverTLS func(context.Context, *corev1.Pod) (*tls.Config, error)
+	caPEM     []byte
+}
+
+// atNodePort is where a broker of the nodeport strategy is reached: its node's ExternalIP and
+// its hostPort.
+func atNodePort(_ context.Context, pod *corev1.Pod) (string, error) {
+	node := &corev1.Node{}
+	if err := env.admin.Get(context.Background(), client.ObjectKey{Name: pod.Spec.NodeName}, node); err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(externalIP(node), fmt.Sprint(kafkaHostPort(pod))), nil
+}
+
+// checkKafkaWith is checkKafka reaching the brokers as kc says.
+func checkKafkaWith(ctx context.Context, namespace, sts, container string, n int, advertised func(map[string]string) (string, error), tamper func(int, string) string, kc kafkaCheck) error {
+	if kc.listenAt == nil {
+		kc.listenAt = atNodePort
+	}
 	var listens, adverts []string
+	var serverTLS []*tls.Config
 	for i := range n {
 		pod := &corev1.Pod{}
 		if err := env.admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: fmt.Sprintf("%s-%d", sts, i)}, pod); err != nil {
@@ -142,12 +172,19 @@ func checkKafka(ctx context.Context, namespace, sts, container string, n int, ad
 		if tamper != nil {
 			addr = tamper(i, addr)
 		}
-		node := &corev1.Node{}
-		if err := env.admin.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node); err != nil {
-			return err
+		listen, err := kc.listenAt(ctx, pod)
+		if err != nil {
+			return fmt.Errorf("pod %s: %w", pod.Name, err)
 		}
-		listens = append(listens, net.JoinHostPort(externalIP(node), fmt.Sprint(kafkaHostPort(pod))))
+		listens = append(listens, listen)
 		adverts = append(adverts, addr)
+		if kc.serverTLS != nil {
+			cfg, err := kc.serverTLS(ctx, pod)
+			if err != nil {
+				return fmt.Errorf("pod %s: %w", pod.Name, err)
+			}
+			serverTLS = append(serverTLS, cfg)
+		}
 	}
 
 	const topic = "brokerport-e2e"
@@ -164,6 +201,9 @@ func checkKafka(ctx context.Context, namespace, sts, container string, n int, ad
 			ln, err := net.Listen(network, listens[i])
 			if err != nil {
 				return nil, err
+			}
+			if serverTLS != nil {
+				ln = tls.NewListener(ln, serverTLS[i])
 			}
 			return advertisingListener{Listener: ln, advertised: adverts[i]}, nil
 		}),
@@ -183,10 +223,10 @@ func checkKafka(ctx context.Context, namespace, sts, container string, n int, ad
 		return err
 	}
 	bootstrap := cm.Data["bootstrap.servers"]
-	if err := franzRoundTrip(ctx, bootstrap, topic, n, adverts); err != nil {
+	if err := franzRoundTrip(ctx, bootstrap, topic, n, adverts, kc.caPEM); err != nil {
 		return fmt.Errorf("franz-go: %w", err)
 	}
-	if err := kcatRoundTrip(ctx, bootstrap, topic, n, adverts); err != nil {
+	if err := kcatRoundTrip(ctx, bootstrap, topic, n, adverts, kc.caPEM); err != nil {
 		return fmt.Errorf("kcat: %w", err)
 	}
 	return nil
@@ -206,14 +246,26 @@ type advertisedAddr string
 func (a advertisedAddr) Network() string { return "tcp" }
 func (a advertisedAddr) String() string  { return string(a) }
 
-func franzRoundTrip(ctx context.Context, bootstrap, topic string, n int, adverts []string) error {
+// franzRoundTrip produces to and consumes from each broker's partition with franz-go; with caPEM,
+// over TLS, verifying each broker's certificate against it, hostname included.
+func franzRoundTrip(ctx context.Context, bootstrap, topic string, n int, adverts []string, caPEM []byte) error {
 	var mu sync.Mutex
 	dialed := map[string]bool{}
 	offsets := map[int32]kgo.Offset{}
 	for p := range n {
 		offsets[int32(p)] = kgo.NewOffset().AtStart()
 	}
-	cl, err := kgo.NewClient(
+	opts := []kgo.Opt{}
+	if caPEM != nil {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return errors.New("the CA holds no PEM certificate")
+		}
+		// No ServerName: franz-go sets it to the host it dials, so every broker's hostname (or
+		// IP SAN) is verified.
+		opts = append(opts, kgo.DialTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	cl, err := kgo.NewClient(append(opts,
 		kgo.SeedBrokers(strings.Split(bootstrap, ",")...),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.RecordDeliveryTimeout(5*time.Second),
@@ -223,7 +275,7 @@ func franzRoundTrip(ctx context.Context, bootstrap, topic string, n int, adverts
 			dialed[net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port))] = true
 			mu.Unlock()
 		})),
-	)
+	)...)
 	if err != nil {
 		return err
 	}
@@ -270,11 +322,20 @@ func (h connectHook) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _
 
 // kcatRoundTrip checks with a second, independent client: kcat lists exactly the advertised
 // brokers, then produces to and consumes from each partition.
-func kcatRoundTrip(ctx context.Context, bootstrap, topic string, n int, adverts []string) error {
+// With caPEM, over TLS, verifying each broker's certificate against it, hostname included.
+func kcatRoundTrip(ctx context.Context, bootstrap, topic string, n int, adverts []string, caPEM []byte) error {
 	if _, err := exec.LookPath("kcat"); err != nil {
 		return errors.New("kcat is not installed: apt-get install kcat (.ci/run installs it)")
 	}
 	opts := []string{"-b", bootstrap, "-X", "socket.timeout.ms=5000", "-X", "message.timeout.ms=5000", "-m", "5"}
+	if caPEM != nil {
+		caFile := filepath.Join(env.dir, fmt.Sprintf("kcat-ca-%d.pem", time.Now().UnixNano()))
+		if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+			return err
+		}
+		defer os.Remove(caFile)
+		opts = append(opts, "-X", "security.protocol=ssl", "-X", "ssl.ca.location="+caFile, "-X", "ssl.endpoint.identification.algorithm=https")
+	}
 	out, err := kcat(ctx, nil, append(opts, "-L", "-J")...)
 	if err != nil {
 		return err

@@ -156,7 +156,7 @@ func nodeAddressChange(t *testing.T, ctx context.Context) {
 	node := &corev1.Node{}
 	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node))
 	before := pod.Annotations[patches.AnnotationHost]
-	const moved = "127.0.2.1"
+	const moved = "127.0.4.1"
 	for i, a := range node.Status.Addresses {
 		if a.Type == corev1.NodeExternalIP {
 			node.Status.Addresses[i].Address = moved
