@@ -112,6 +112,8 @@ type CertificateFacts struct {
 	// Named: the Certificate asks for the broker's current host; Issued: cert-manager has issued
 	// what it asks for.
 	Named, Issued bool
+	// Overdue: the Certificate has waited for its issuer longer than an issuer takes.
+	Overdue bool
 	// Problem says why there is no Certificate to wait for.
 	Problem string
 }
@@ -126,7 +128,10 @@ func WithCertificate(state BrokerState, cfg Config, cert CertificateFacts) Broke
 	case cert.Problem != "":
 		state.Reason = cert.Problem
 	case !cert.Named || !cert.Issued:
-		state.Reason, state.Transient = fmt.Sprintf("waiting for cert-manager to issue Certificate %s naming %s", cert.Name, state.Host), true
+		state.Reason, state.Transient = fmt.Sprintf("waiting for cert-manager to issue Certificate %s naming %s", cert.Name, state.Host), !cert.Overdue
+		if cert.Overdue {
+			state.Reason += ": is cert-manager running, and is the issuer ready? (kubectl describe certificate " + cert.Name + ")"
+		}
 	default:
 		return state
 	}

@@ -278,6 +278,11 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 
 	parseStrategy(annotations, &cfg, invalid)
 
+	if cfg.TLSIssuer != nil && cfg.Flavor == FlavorBitnami {
+		// Bitnami's start-up validation (libkafka.sh) requires its own keystore files in its
+		// certificates directory for any SSL listener, which brokerport does not write.
+		invalid(AnnotationTLSIssuer, annotations[AnnotationTLSIssuer], `flavor "bitnami" cannot serve brokerport's certificate yet (the image's start-up check wants its own keystore files); remove the flavor and configure the listener as in README "A custom init script", reading $BROKERPORT_TLS_DIR`)
+	}
 	if cfg.Flavor == FlavorRedpanda {
 		if cfg.AdvertiseEnv != "" {
 			invalid(AnnotationAdvertiseEnv, cfg.AdvertiseEnv, "flavor \"redpanda\" advertises through the chart's redpanda.yaml, not an environment variable; remove one of the two")

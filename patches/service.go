@@ -148,11 +148,12 @@ func listenerNames(cfg Config) []string {
 	return names
 }
 
-// CheckOrphanServicePorts refuses an update of a broker Service whose StatefulSet is no longer
-// opted in that takes a nodePort of brokerport's band the Service did not hold: the API server's
-// band policy lets broker Services through for the Service webhook to check, and with no
-// StatefulSet there is no block to check against.
-func CheckOrphanServicePorts(old, svc *corev1.Service, band PortRange) field.ErrorList {
+// CheckNewBandPorts refuses a broker Service that takes a nodePort of brokerport's band it did
+// not hold (old is nil on create), where there is no block to check it against: its StatefulSet
+// is no longer opted in, or uses the loadbalancer strategy (whose Services take none). The API
+// server's band policy lets broker Services through for the Service webhook to check. why says
+// which.
+func CheckNewBandPorts(old, svc *corev1.Service, band PortRange, why string) field.ErrorList {
 	held := map[int32]bool{}
 	if old != nil {
 		for _, p := range old.Spec.Ports {
@@ -163,7 +164,7 @@ func CheckOrphanServicePorts(old, svc *corev1.Service, band PortRange) field.Err
 	for i, p := range svc.Spec.Ports {
 		if p.NodePort >= band.First && p.NodePort <= band.Last && !held[p.NodePort] {
 			errs = append(errs, field.Forbidden(field.NewPath("spec", "ports").Index(i).Child("nodePort"),
-				fmt.Sprintf("%d is in brokerport's port band %s, and StatefulSet %q is no longer opted in: this Service keeps only the nodePorts it held", p.NodePort, band, svc.Labels[LabelCluster])))
+				fmt.Sprintf("%d is in brokerport's port band %s, and %s: this Service keeps only the nodePorts it held", p.NodePort, band, why)))
 		}
 	}
 	return errs

@@ -151,7 +151,8 @@ const tlsDirVar = EnvPrefix + "TLS_DIR"
 // kafkaTLSEnv are the flavor's settings of the external listener's keystore: Kafka's PEM
 // keystore, read from the combined key-and-chain file (listener.name.<listener>.ssl.keystore.*).
 func kafkaTLSEnv(cfg Config) []corev1.EnvVar {
-	prefix := cfg.Flavor.envPrefix() + "LISTENER_NAME_" + cfg.ListenerName + "_SSL_KEYSTORE_"
+	// The images turn "_" into "." and "__" into "_": EXTERNAL_TLS is listener.name.external_tls.
+	prefix := cfg.Flavor.envPrefix() + "LISTENER_NAME_" + strings.ReplaceAll(cfg.ListenerName, "_", "__") + "_SSL_KEYSTORE_"
 	return []corev1.EnvVar{
 		{Name: prefix + "TYPE", Value: "PEM"},
 		{Name: prefix + "LOCATION", Value: TLSDir + "/" + tlsCombined},

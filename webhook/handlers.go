@@ -252,7 +252,7 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 			if err := h.decoder.DecodeRaw(req.OldObject, old); err != nil {
 				return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the old Service: %w", err))
 			}
-			if errs := patches.CheckOrphanServicePorts(old, svc, h.opts.PortRange); len(errs) > 0 {
+			if errs := patches.CheckNewBandPorts(old, svc, h.opts.PortRange, fmt.Sprintf("StatefulSet %q is no longer opted in", cluster)); len(errs) > 0 {
 				return denied(serviceKind, objectName(req, svc.Name), errs)
 			}
 			return admission.Allowed(fmt.Sprintf("StatefulSet %s/%s is no longer opted in", req.Namespace, cluster))
@@ -263,6 +263,18 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 	mutated := svc.DeepCopy()
 	if errs := patches.MutateService(mutated, sts, h.opts); len(errs) > 0 {
 		return denied(serviceKind, objectName(req, svc.Name), errs)
+	}
+	if mutated.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		var old *corev1.Service
+		if req.Operation == admissionv1.Update {
+			old = &corev1.Service{}
+			if err := h.decoder.DecodeRaw(req.OldObject, old); err != nil {
+				return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the old Service: %w", err))
+			}
+		}
+		if errs := patches.CheckNewBandPorts(old, svc, h.opts.PortRange, fmt.Sprintf("StatefulSet %q uses the loadbalancer strategy, whose Services take none", cluster)); len(errs) > 0 {
+			return denied(serviceKind, objectName(req, svc.Name), errs)
+		}
 	}
 	return patchResponse(svc, mutated, "already as brokerport wants it")
 }

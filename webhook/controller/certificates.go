@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -58,10 +61,13 @@ func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, 
 		want := patches.BrokerCertificate(sts, cfg, ordinal, state.Host)
 		switch {
 		case current == nil:
-			if err := r.Client.Create(ctx, want); err != nil && !apierrors.IsAlreadyExists(err) {
+			switch err := r.Client.Create(ctx, want); {
+			case apierrors.IsAlreadyExists(err):
+				// Made a moment ago; the cache shows it at the next reconcile.
+			case err != nil:
 				f.Problem = fmt.Sprintf("creating Certificate %s: %v", name, err)
 				errs = append(errs, errors.New(f.Problem))
-			} else {
+			default:
 				r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "CertificateRequested", "Certificate", "broker %s: Certificate %s asks %s for a certificate naming %s", state.Pod, name, cfg.TLSIssuer, state.Host)
 			}
 		case !sameCertificate(current, want):
@@ -76,11 +82,18 @@ func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, 
 			}
 		default:
 			f.Named, f.Issued = patches.CertificateNames(current, state.Host)
+			// An issuer that never answers (cert-manager's controller not running, an Issuer
+			// not ready) is said, as a late load balancer is.
+			f.Overdue = !f.Issued && r.now().Sub(current.CreationTimestamp.Time) > certificatePatience
 		}
 		facts[ordinal] = f
 	}
 	for name, cert := range existing {
-		ordinal, ok := patches.BrokerServiceOrdinal(name[:len(name)-len("-tls")], sts.Name)
+		service, ok := strings.CutSuffix(name, "-tls")
+		if !ok {
+			continue // not a name brokerport gives: not brokerport's to delete
+		}
+		ordinal, ok := patches.BrokerServiceOrdinal(service, sts.Name)
 		if ok && brokers[ordinal] != nil {
 			continue // its broker is still going away
 		}
@@ -91,10 +104,18 @@ func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, 
 	return facts, errors.Join(errs...)
 }
 
-// sameCertificate tells whether a Certificate asks for what brokerport wants.
+// certificatePatience is how long an issuer may take before a broker waiting for its certificate
+// is said not exposed (a Warning Event) rather than still coming.
+const certificatePatience = 5 * time.Minute
+
+// sameCertificate tells whether a Certificate asks for what brokerport wants: every field
+// brokerport sets (cert-manager's own defaults, set elsewhere, are not compared).
 func sameCertificate(current, want *cmapi.Certificate) bool {
-	return slices.Equal(current.Spec.DNSNames, want.Spec.DNSNames) && slices.Equal(current.Spec.IPAddresses, want.Spec.IPAddresses) &&
-		current.Spec.IssuerRef == want.Spec.IssuerRef && current.Spec.SecretName == want.Spec.SecretName
+	c, w := current.Spec, want.Spec
+	return slices.Equal(c.DNSNames, w.DNSNames) && slices.Equal(c.IPAddresses, w.IPAddresses) &&
+		c.IssuerRef == w.IssuerRef && c.SecretName == w.SecretName &&
+		apiequality.Semantic.DeepEqual(c.SecretTemplate, w.SecretTemplate) && apiequality.Semantic.DeepEqual(c.PrivateKey, w.PrivateKey) &&
+		slices.Equal(c.Usages, w.Usages) && slices.Equal(c.AdditionalOutputFormats, w.AdditionalOutputFormats)
 }
 
 // deleteCertificate deletes a broker's Certificate. Its Secret stays, as cert-manager leaves it

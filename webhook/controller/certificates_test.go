@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -122,4 +123,28 @@ func TestCertificatesWithoutCertManager(t *testing.T) {
 	f.r.CertManager = false
 	f.reconcile()
 	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning BrokerNotExposed broker redpanda-0 is not exposed: brokerport.io/tls-issuer is set, but cert-manager is not installed")
+}
+
+// An issuer that never answers: waiting at first, then said, naming the Certificate to look at.
+func TestCertificateLateIsSaid(t *testing.T) {
+	f := newTLSFixture(t)
+	now := time.Now()
+	f.r.Now = func() time.Time { return now }
+	f.reconcile()
+	f.reconcile()
+	assert.NotContains(t, strings.Join(drainEvents(f.events), "\n"), "Warning")
+	now = now.Add(certificatePatience + time.Second)
+	f.reconcile()
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning BrokerNotExposed broker redpanda-0 is not exposed: waiting for cert-manager to issue Certificate redpanda-0-external-tls naming 127.0.1.1: is cert-manager running, and is the issuer ready? (kubectl describe certificate redpanda-0-external-tls)")
+}
+
+// A labeled Certificate of a name brokerport does not give is left alone (a short one made the
+// reconcile panic).
+func TestCertificateOfAnotherNameLeftAlone(t *testing.T) {
+	f := newTLSFixture(t)
+	odd := patches.BrokerCertificate(f.sts, patches.Config{TLSIssuer: &patches.IssuerRef{Kind: "Issuer", Name: "x"}}, 0, "")
+	odd.Name = "x"
+	require.NoError(t, f.client.Create(context.Background(), odd))
+	f.reconcile()
+	require.NoError(t, f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: "x"}, &cmapi.Certificate{}))
 }

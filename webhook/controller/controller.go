@@ -212,6 +212,9 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 		if certs, certErr = r.certificates(ctx, sts, cfg, first, states, brokers); certs != nil {
 			for i := range states {
 				states[i] = patches.WithCertificate(states[i], cfg, certs[first+i])
+				if c := certs[first+i]; c.Name != "" && !(c.Named && c.Issued) && !c.Overdue {
+					waitingForCertManager = true // to say in time that an issuer is late
+				}
 			}
 		}
 	} else if err := r.removeCertificates(ctx, sts.Namespace, sts.Name); err != nil {
@@ -226,8 +229,8 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, repairErr
 	}
 	if len(problems) > 0 || waitingForCertManager {
-		// A port held by someone else frees, cert-manager is installed, without an event
-		// brokerport watches: look again.
+		// A port held by someone else frees, cert-manager is installed or an issuer becomes
+		// late, without an event brokerport watches: look again.
 		return reconcile.Result{RequeueAfter: blockedRetry}, nil
 	}
 	for _, lb := range balancers {

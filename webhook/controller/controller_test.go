@@ -71,7 +71,8 @@ func newFixture(t *testing.T) *fixture {
 		},
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			mutateServices(obj)
-			if _, ok := obj.(*corev1.Service); ok {
+			switch obj.(type) {
+			case *corev1.Service, *cmapi.Certificate:
 				obj.SetCreationTimestamp(metav1.Now()) // as the API server does; the fake does not
 			}
 			if err := nodePortsFree(ctx, c, obj); err != nil {

@@ -99,6 +99,17 @@ func TestLoadBalancerServicesThenAddressesAsTheyCome(t *testing.T) {
 
 	f.reconcile()
 	assert.Empty(t, f.writes, "a second reconcile writes nothing")
+
+	// The API server allocates nodePorts to a LoadBalancer Service (the fake does not): they are
+	// kept, not asked away on every reconcile.
+	for i := range 3 {
+		svc := &corev1.Service{}
+		require.NoError(t, f.client.Get(ctx, client.ObjectKey{Namespace: "kafka", Name: fmt.Sprintf("redpanda-%d-external", i)}, svc))
+		svc.Spec.Ports[0].NodePort, svc.Spec.Ports[1].NodePort = int32(31000+2*i), int32(31001+2*i)
+		require.NoError(t, f.client.Update(ctx, svc))
+	}
+	f.reconcile()
+	assert.Empty(t, f.writes, "allocated nodePorts are no change")
 }
 
 // A load balancer that never comes (no controller serves the Service's class or annotations):

@@ -47,7 +47,13 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		case ours && !goingAway:
 			existing[svc.Name] = svc
 			in.Current[svc.Name] = nodePorts(svc)
-			if want := wanted[svc.Name]; want != nil && !sameService(svc, want) {
+			want := wanted[svc.Name]
+			if want != nil && want.Spec.Type == corev1.ServiceTypeLoadBalancer && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+				// The nodePorts the API server allocated are the ones to keep: asking for
+				// none would be a change on every reconcile.
+				in.Target[svc.Name] = in.Current[svc.Name]
+			}
+			if want != nil && !sameService(svc, want) {
 				in.Stale[svc.Name] = true
 			}
 		case svc.Namespace == sts.Namespace && wanted[svc.Name] != nil:
