@@ -49,8 +49,8 @@ func MutateBinding(binding *corev1.Binding, pod *corev1.Pod, node *corev1.Node, 
 	var addr NodeAddress
 	if cfg.LoadBalanced() {
 		ingress := ""
-		if service != nil {
-			ingress = IngressHost(service)
+		if IsLoadBalancerOf(service) && service.Labels[LabelCluster] == pod.Labels[LabelCluster] {
+			ingress = IngressHost(service, cfg.IPFamily)
 		}
 		if ingress == "" {
 			return addr, ErrNoIngressYet

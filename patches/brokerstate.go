@@ -96,6 +96,11 @@ func ObserveBroker(cfg Config, cluster string, ordinal int, facts BrokerFacts) B
 		// nothing of this broker is published.
 		state.Ports = make([]int32, len(cfg.Listeners))
 		state.Reason = facts.ServiceProblem
+	case len(missing) == len(cfg.Listeners):
+		// Admitted for the loadbalancer strategy: it is on no node port, and the node's address
+		// is not what it advertises.
+		state.Host = ""
+		state.Reason, state.Transient = "it listens on no node port (a pod of the loadbalancer strategy) until it restarts", true
 	case len(missing) > 0:
 		state.Reason, state.Transient = fmt.Sprintf("its pod was created before listeners %v were configured: it is exposed on them once it restarts", missing), true
 	case len(moved) > 0:

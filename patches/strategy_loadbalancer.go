@@ -117,18 +117,25 @@ func PassedAnnotations(svc *corev1.Service) []string {
 	return keys
 }
 
-// IngressHost is the address a load balancer gave a Service: its first ingress IP or hostname,
-// "" while it has none.
-func IngressHost(svc *corev1.Service) string {
+// IngressHost is the address a load balancer gave a Service: its first ingress IP of the family
+// (brokerport.io/ip-family; any when unset) or hostname, "" while it has none.
+func IngressHost(svc *corev1.Service, family IPFamily) string {
 	for _, in := range svc.Status.LoadBalancer.Ingress {
-		if in.IP != "" {
+		if in.IP != "" && family.accepts(in.IP) {
 			return in.IP
 		}
-		if in.Hostname != "" {
+		if in.IP == "" && in.Hostname != "" {
 			return in.Hostname
 		}
 	}
 	return ""
+}
+
+// IsLoadBalancerOf tells whether a Service is brokerport's LoadBalancer Service of a broker: only
+// its address is one a broker may advertise (a user's Service of that name is not).
+func IsLoadBalancerOf(svc *corev1.Service) bool {
+	return svc != nil && svc.Spec.Type == corev1.ServiceTypeLoadBalancer && IsExposed(svc.Labels) &&
+		svc.Labels[LabelManagedBy] == ManagedByValue
 }
 
 // LoadBalancerFacts is what the controller knows of a broker's LoadBalancer Service.

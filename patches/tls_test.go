@@ -68,3 +68,16 @@ func TestBrokerCertificateForAHostname(t *testing.T) {
 	named, _ = CertificateNames(cert, "2001:0db8::2")
 	assert.True(t, named, "IP addresses compared as addresses")
 }
+
+// The images turn "_" into "." and "__" into "_" in variable names: a listener named with "_"
+// keeps it in listener.name.<listener>.
+func TestKafkaTLSEnvListenerWithUnderscore(t *testing.T) {
+	cfg, errs := ParseConfig(map[string]string{AnnotationTLSIssuer: "brokers", AnnotationFlavor: "kafka", AnnotationListenerName: "EXTERNAL_TLS"}, nil, DefaultOptions())
+	require.Empty(t, errs)
+	env := kafkaTLSEnv(cfg)
+	assert.Equal(t, "KAFKA_LISTENER_NAME_EXTERNAL__TLS_SSL_KEYSTORE_TYPE", env[0].Name)
+
+	_, errs = ParseConfig(map[string]string{AnnotationTLSIssuer: "brokers", AnnotationFlavor: "bitnami"}, nil, DefaultOptions())
+	require.Len(t, errs, 1)
+	assert.Contains(t, errs[0].Error(), `flavor "bitnami" cannot serve brokerport's certificate yet`)
+}

@@ -18,7 +18,9 @@ import (
 // caches in production and from fixed objects in tests and `render`.
 type Snapshot interface {
 	// PortsInUse are the ports held by everything except StatefulSet namespace/name: the blocks
-	// of the other opted-in StatefulSets and every Service nodePort but its own brokers'.
+	// of the other opted-in StatefulSets, every Service nodePort but its own brokers', and the
+	// hostPorts of the other StatefulSets' brokers (a broker that has not rolled off a block its
+	// StatefulSet gave back, switching to the loadbalancer strategy, still listens there).
 	PortsInUse(ctx context.Context, namespace, name string) (patches.PortSet, error)
 	// ExposedStatefulSet is the opted-in StatefulSet namespace/name, or nil.
 	ExposedStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
@@ -63,6 +65,26 @@ func (s ReaderSnapshot) PortsInUse(ctx context.Context, namespace, name string) 
 		cfg, errs := patches.ParseConfig(sts.Annotations, nil, s.Options)
 		if len(errs) == 0 && cfg.HoldsBlock() {
 			reservations = append(reservations, patches.Reservation{PortRange: cfg.Block(), Owner: fmt.Sprintf("StatefulSet %s/%s", sts.Namespace, sts.Name)})
+		}
+	}
+
+	var pods corev1.PodList
+	if err := s.Reader.List(ctx, &pods, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
+		return patches.PortSet{}, fmt.Errorf("listing brokers: %w", err)
+	}
+	for _, pod := range pods.Items {
+		if pod.Namespace == namespace && pod.Labels[patches.LabelCluster] == name {
+			continue
+		}
+		for _, c := range pod.Spec.Containers {
+			for _, p := range c.Ports {
+				if p.HostPort != 0 {
+					reservations = append(reservations, patches.Reservation{
+						PortRange: patches.PortRange{First: p.HostPort, Last: p.HostPort},
+						Owner:     fmt.Sprintf("broker %s/%s (hostPort)", pod.Namespace, pod.Name),
+					})
+				}
+			}
 		}
 	}
 

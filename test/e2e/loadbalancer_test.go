@@ -58,10 +58,10 @@ func TestLoadBalancer(t *testing.T) {
 			if err := env.admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: patches.BrokerServiceName(sts.Name, i)}, svc); err != nil {
 				return err
 			}
-			if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || patches.IngressHost(svc) == "" {
+			if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || patches.IngressHost(svc, "") == "" {
 				return fmt.Errorf("Service %s: type %s, ingress %v", svc.Name, svc.Spec.Type, svc.Status.LoadBalancer.Ingress)
 			}
-			ingress = append(ingress, net.JoinHostPort(patches.IngressHost(svc), "9094"))
+			ingress = append(ingress, net.JoinHostPort(patches.IngressHost(svc, ""), "9094"))
 		}
 		cm := &corev1.ConfigMap{}
 		if err := env.admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: controller.ConfigMapName(sts.Name)}, cm); err != nil {
@@ -81,7 +81,7 @@ func TestLoadBalancer(t *testing.T) {
 		for _, p := range svc.Spec.Ports {
 			assert.False(t, p.NodePort >= 30000 && p.NodePort <= 30085, "Service %s: nodePort %d is in brokerport's band", svc.Name, p.NodePort)
 		}
-		ip := netip.MustParseAddr(patches.IngressHost(svc))
+		ip := netip.MustParseAddr(patches.IngressHost(svc, ""))
 		assert.True(t, lbPoolFirst.Compare(ip) <= 0 && ip.Compare(lbPoolEnd) <= 0, "Service %s: %s from the pool", svc.Name, ip)
 
 		pod := &corev1.Pod{}
@@ -100,7 +100,7 @@ func TestLoadBalancer(t *testing.T) {
 		if err := env.admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: patches.BrokerServiceName(sts.Name, ordinal)}, svc); err != nil {
 			return "", err
 		}
-		return net.JoinHostPort(patches.IngressHost(svc), "9094"), nil
+		return net.JoinHostPort(patches.IngressHost(svc, ""), "9094"), nil
 	}
 	require.NoError(t, checkKafkaWith(ctx, ns, sts.Name, "kafka", 3, externalListener, nil, kafkaCheck{listenAt: atLoadBalancer}))
 

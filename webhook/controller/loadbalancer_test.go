@@ -206,3 +206,24 @@ func TestLoadBalancerStrategySwitchConverges(t *testing.T) {
 	assert.Equal(t, []int32{30000, 30001}, nodePorts(svc))
 	assert.Equal(t, "redpanda-0 exposed\nredpanda-1 exposed\nredpanda-2 exposed", f.configMap()["status"])
 }
+
+// Back from loadbalancer to nodeport: the brokers admitted for the load balancer keep their
+// address (no node address written over it, no RestartRequired) until they roll.
+func TestLoadBalancerBrokersLeftAloneAfterSwitchingBack(t *testing.T) {
+	f, _ := newLoadBalancerFixture(t)
+	ctx := context.Background()
+	f.reconcile()
+	f.giveIngress(0, corev1.LoadBalancerIngress{IP: "203.0.113.10"})
+	f.reconcile()
+	drainEvents(f.events)
+
+	f.sts.Annotations = map[string]string{patches.AnnotationListeners: "kafka=9094,http=8083", patches.AnnotationPortBase: "30000"}
+	require.NoError(t, f.client.Update(ctx, f.sts))
+	f.sts.Status.UpdateRevision = "redpanda-2"
+	require.NoError(t, f.client.Status().Update(ctx, f.sts))
+	f.reconcile()
+	assert.Equal(t, "203.0.113.10", f.host(0), "left as it was admitted")
+	assert.NotContains(t, strings.Join(drainEvents(f.events), "\n"), "Warning")
+	assert.Contains(t, f.configMap()["status"], "redpanda-0 not exposed: it listens on no node port (a pod of the loadbalancer strategy) until it restarts")
+	assert.Empty(t, f.configMap()["bootstrap.servers"])
+}

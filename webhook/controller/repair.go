@@ -38,6 +38,9 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 			}
 			addr = patches.LoadBalancerAddress(ingress, node)
 		} else {
+			if !hasHostPorts(pod) {
+				continue // a pod of the loadbalancer strategy, until it rolls
+			}
 			var err error
 			if addr, err = patches.SelectAddress(node, cfg); err != nil {
 				r.Events.Eventf(sts, pod, corev1.EventTypeWarning, "NoNodeAddress", "Repair", "broker %s: %v", pod.Name, err)

@@ -109,7 +109,7 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 		// A Service just created or changed by the plan is not in the cache yet: its address
 		// comes with the watch event that follows.
 		if svc := existing[name]; svc != nil && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
-			facts.Ingress = patches.IngressHost(svc)
+			facts.Ingress = patches.IngressHost(svc, cfg.IPFamily)
 			facts.Overdue = facts.Ingress == "" && r.now().Sub(svc.CreationTimestamp.Time) > loadBalancerPatience
 		}
 		balancers[ordinal] = facts
