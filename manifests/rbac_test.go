@@ -240,7 +240,8 @@ func exercise(t *testing.T) ([]call, []write) {
 			ObjectMeta: metav1.ObjectMeta{Name: "secure-0", Namespace: "team-c", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "secure"},
 				Annotations:     map[string]string{patches.AnnotationPortBase: "30050", patches.AnnotationTLSIssuer: "ClusterIssuer/brokers-ca"},
 				OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(secure, appsv1.SchemeGroupVersion.WithKind("StatefulSet"))}},
-			Spec: corev1.PodSpec{NodeName: "node-1"},
+			// As admitted: on its node port.
+			Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "kafka", Ports: []corev1.ContainerPort{{ContainerPort: 9094, HostPort: 30050}}}}},
 		}))
 	})
 	withCertManager := &controller.Reconciler{Client: cached, API: direct, Events: events.NewFakeRecorder(100), Options: patches.DefaultOptions(), CertManager: true}
