@@ -140,7 +140,32 @@ func AllocateBlock(inUse PortSet, within PortRange, size int32) (int32, error) {
 		start = inUse.gaps[g].First
 	}
 	if start < 0 || start+size-1 > within.Last {
-		return 0, fmt.Errorf("no block of %d free ports is left in brokerport's port range %s (%d ports); to fix: widen brokerport's --port-range (inside the API server's --service-node-port-range), lower %s or the number of listeners, or opt out a StatefulSet that no longer needs its block", size, within, within.Size(), AnnotationMaxBrokers)
+		return 0, fmt.Errorf("no block of %d free ports is left in brokerport's port range %s (%d ports; %s); to fix: widen brokerport's --port-range (inside the API server's --service-node-port-range), lower %s or the number of listeners, or opt out a StatefulSet that no longer needs its block", size, within, within.Size(), inUse.holders(within), AnnotationMaxBrokers)
 	}
 	return start, nil
+}
+
+// holders says who holds the ports of a range: the first few, and how many more.
+func (s PortSet) holders(within PortRange) string {
+	const shown = 4
+	var names []string
+	more := 0
+	for _, r := range s.sorted {
+		if r.Last < within.First || r.First > within.Last {
+			continue
+		}
+		if len(names) == shown {
+			more++
+			continue
+		}
+		names = append(names, fmt.Sprintf("%s %s", clip(r.Owner, maxEchoed), r.PortRange))
+	}
+	if len(names) == 0 {
+		return "none held"
+	}
+	out := "held by " + strings.Join(names, ", ")
+	if more > 0 {
+		out += fmt.Sprintf(" and %d more", more)
+	}
+	return out
 }

@@ -34,9 +34,13 @@ func TestAllocateBlock(t *testing.T) {
 		"the last block that fits":              {inUse: []Reservation{block(30000, 30077, "a")}, size: 8, want: 30078},
 		"exhausted": {
 			inUse: []Reservation{block(30000, 30078, "a")}, size: 8,
-			wantErr: "no block of 8 free ports is left in brokerport's port range 30000-30085 (86 ports); to fix: widen brokerport's --port-range (inside the API server's --service-node-port-range), lower brokerport.io/max-brokers or the number of listeners, or opt out a StatefulSet that no longer needs its block",
+			wantErr: "no block of 8 free ports is left in brokerport's port range 30000-30085 (86 ports; held by a 30000-30078); to fix: widen brokerport's --port-range (inside the API server's --service-node-port-range), lower brokerport.io/max-brokers or the number of listeners, or opt out a StatefulSet that no longer needs its block",
 		},
-		"bigger than the range": {size: 87, wantErr: "no block of 87 free ports"},
+		"bigger than the range": {size: 87, wantErr: "no block of 87 free ports is left in brokerport's port range 30000-30085 (86 ports; none held)"},
+		"many holders, the first few said": {
+			inUse: []Reservation{block(30000, 30009, "a"), block(30010, 30019, "b"), block(30020, 30029, "c"), block(30030, 30039, "d"), block(30040, 30049, "e"), block(30050, 30085, "f"), block(31000, 31000, "outside")},
+			size:  1, wantErr: "(86 ports; held by a 30000-30009, b 30010-30019, c 30020-30029, d 30030-30039 and 2 more)",
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

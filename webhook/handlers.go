@@ -87,7 +87,14 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		if inUse, err = h.snapshot.PortsInUse(ctx, req.Namespace, sts.Name); err != nil {
 			return admission.Errored(http.StatusInternalServerError, err)
 		}
-		inUse = inUse.With(h.recent.others(key)...)
+		inUse = inUse.With(h.recent.others(key, func(k types.NamespacedName) (patches.PortRange, bool) {
+			cached, err := h.snapshot.ExposedStatefulSet(ctx, k.Namespace, k.Name)
+			if err != nil || cached == nil {
+				return patches.PortRange{}, false
+			}
+			cfg, errs := patches.ParseConfig(cached.Annotations, nil, h.opts)
+			return cfg.Block(), len(errs) == 0 && cfg.HoldsBlock()
+		})...)
 	}
 	mutated := sts.DeepCopy()
 	if errs := patches.MutateStatefulSet(mutated, inUse, h.opts); len(errs) > 0 {
@@ -299,11 +306,18 @@ func (r *recentBlocks) add(key types.NamespacedName, block patches.PortRange) {
 	r.blocks[key] = recentBlock{block: block, at: r.now()}
 }
 
-// others are the unexpired blocks of StatefulSets other than key.
-func (r *recentBlocks) others(key types.NamespacedName) []patches.Reservation {
+// others are the unexpired blocks of StatefulSets other than key that the cache does not show
+// yet. One the cache shows (cached gives it that block) is forgotten: the cache holds it from
+// then on, and frees it when the StatefulSet goes, rather than the block staying taken until it
+// expires.
+func (r *recentBlocks) others(key types.NamespacedName, cached func(types.NamespacedName) (patches.PortRange, bool)) []patches.Reservation {
 	var out []patches.Reservation
 	for k, b := range r.blocks {
 		if r.now().Sub(b.at) > r.ttl {
+			delete(r.blocks, k)
+			continue
+		}
+		if block, ok := cached(k); ok && block == b.block {
 			delete(r.blocks, k)
 			continue
 		}

@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -45,4 +47,36 @@ func TestConcurrentOptInsGetDistinctBlocks(t *testing.T) {
 	wg.Wait()
 	sorted := slices.Sorted(slices.Values(bases))
 	assert.Equal(t, []string{"30000", "30008", "30016", "30024", "30032", "30040", "30048", "30056", "30064", "30072"}, sorted)
+}
+
+// A block assigned moments ago is held until the cache shows its StatefulSet, and freed with the
+// StatefulSet from then on: a StatefulSet deleted right after its opt-in does not keep its block
+// for the minutes a cache may lag (the e2e suite, labeling and deleting in quick succession, ran
+// out of ports).
+func TestRecentBlockFreedOnceCachedThenDeleted(t *testing.T) {
+	scheme := Scheme()
+	reader := fake.NewClientBuilder().WithScheme(scheme).Build()
+	h := NewStatefulSetHandler(scheme, ReaderSnapshot{Reader: reader}, patches.DefaultOptions())
+	optIn := func(name string) string {
+		raw := fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":%q,"labels":{"brokerport.io/expose":"true"}},"spec":{"template":{"metadata":{"labels":{"a":"b"}}}}}`, name)
+		resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+			Operation: admissionv1.Create, Namespace: "kafka", Name: name, Object: runtime.RawExtension{Raw: []byte(raw)},
+		}})
+		require.True(t, resp.Allowed, "%v", resp.Result)
+		for _, op := range resp.Patches {
+			if op.Path == "/metadata/annotations" {
+				return op.Value.(map[string]any)[patches.AnnotationPortBase].(string)
+			}
+		}
+		return ""
+	}
+	require.Equal(t, "30000", optIn("first"))
+	require.Equal(t, "30008", optIn("second"), "not yet in the cache: held")
+
+	first := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "kafka", Name: "first",
+		Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: map[string]string{patches.AnnotationPortBase: "30000"}}}
+	require.NoError(t, reader.Create(context.Background(), first))
+	require.Equal(t, "30016", optIn("third"), "in the cache: held by it")
+	require.NoError(t, reader.Delete(context.Background(), first))
+	assert.Equal(t, "30000", optIn("fourth"), "deleted: free again")
 }

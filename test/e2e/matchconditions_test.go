@@ -21,6 +21,7 @@ import (
 	admissionregistrationv1ac "k8s.io/client-go/applyconfigurations/admissionregistration/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -144,6 +145,9 @@ func startMatchConditions(t *testing.T, ctx context.Context) func() {
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme: webhook.Scheme(), Cache: webhook.CacheOptions(),
 		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
+		// Started again by later scenarios in this test binary: controller-runtime refuses a
+		// second controller of the same name in one process (for its metrics) unless told.
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptrTo(true)},
 	})
 	require.NoError(t, err)
 	require.NoError(t, matchconditions.Setup(mgr, matchconditions.Options{Debounce: 300 * time.Millisecond}))
