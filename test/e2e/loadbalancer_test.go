@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/brokerport/brokerport/patches"
@@ -43,11 +44,16 @@ func TestLoadBalancer(t *testing.T) {
 	require.NoError(t, env.admin.Create(ctx, sts))
 	require.NoError(t, waitFor(ctx, 2*time.Minute, "the brokers published on node ports", func() error { return published(ctx, ns, sts.Name, 3) }))
 
-	require.NoError(t, env.admin.Get(ctx, client.ObjectKeyFromObject(sts), sts))
-	require.NotEmpty(t, sts.Annotations[patches.AnnotationPortBase])
-	sts.Annotations[patches.AnnotationStrategy] = string(patches.StrategyLoadBalancer)
-	sts.Annotations[patches.AnnotationServiceAnnotations] = lbPassed
-	require.NoError(t, env.admin.Update(ctx, sts))
+	// The StatefulSet controller writes its status meanwhile: retried on a conflict.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.admin.Get(ctx, client.ObjectKeyFromObject(sts), sts); err != nil {
+			return err
+		}
+		require.NotEmpty(t, sts.Annotations[patches.AnnotationPortBase])
+		sts.Annotations[patches.AnnotationStrategy] = string(patches.StrategyLoadBalancer)
+		sts.Annotations[patches.AnnotationServiceAnnotations] = lbPassed
+		return env.admin.Update(ctx, sts)
+	}))
 	require.NotContains(t, sts.Annotations, patches.AnnotationPortBase, "the port block is given back at once")
 
 	var ingress []string
@@ -105,10 +111,14 @@ func TestLoadBalancer(t *testing.T) {
 	require.NoError(t, checkKafkaWith(ctx, ns, sts.Name, "kafka", 3, externalListener, nil, kafkaCheck{listenAt: atLoadBalancer}))
 
 	// Back to node ports: a block is assigned again and the brokers roll onto it.
-	require.NoError(t, env.admin.Get(ctx, client.ObjectKeyFromObject(sts), sts))
-	delete(sts.Annotations, patches.AnnotationStrategy)
-	delete(sts.Annotations, patches.AnnotationServiceAnnotations)
-	require.NoError(t, env.admin.Update(ctx, sts))
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.admin.Get(ctx, client.ObjectKeyFromObject(sts), sts); err != nil {
+			return err
+		}
+		delete(sts.Annotations, patches.AnnotationStrategy)
+		delete(sts.Annotations, patches.AnnotationServiceAnnotations)
+		return env.admin.Update(ctx, sts)
+	}))
 	require.NoError(t, waitFor(ctx, 3*time.Minute, "every broker back on a node port", func() error {
 		if err := rolledOut(ctx, ns, sts.Name, 3, true); err != nil {
 			return err
