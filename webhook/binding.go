@@ -144,10 +144,13 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 	if node == nil {
 		return h.withoutAddress(ctx, req, pod, fmt.Errorf("node %q is not in brokerport's cache yet", binding.Target.Name))
 	}
-	ordinal, _ := patches.OrdinalOf(pod.Name, cluster)
-	service, err := h.snapshot.Service(ctx, req.Namespace, patches.BrokerServiceName(cluster, ordinal))
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, err)
+	var service *corev1.Service
+	if patches.Strategy(pod.Annotations[patches.AnnotationStrategy]) == patches.StrategyLoadBalancer {
+		// Its address is its LoadBalancer Service's (read only for those brokers).
+		ordinal, _ := patches.OrdinalOf(pod.Name, cluster)
+		if service, err = h.snapshot.Service(ctx, req.Namespace, patches.BrokerServiceName(cluster, ordinal)); err != nil {
+			return admission.Errored(http.StatusInternalServerError, err)
+		}
 	}
 	mutated := binding.DeepCopy()
 	addr, err := patches.MutateBinding(mutated, pod, node, service, h.opts)
