@@ -116,3 +116,20 @@ func TestObserveLoadBalancedBroker(t *testing.T) {
 		})
 	}
 }
+
+// A load balancer may give several addresses: the first of the StatefulSet's ip-family, a
+// hostname only when it gives no IP (hostnames have no family), none when no IP is of the family.
+func TestIngressHostByFamily(t *testing.T) {
+	svc := &corev1.Service{Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{
+		{IP: "203.0.113.7"}, {IP: "2001:db8::7"},
+	}}}}
+	assert.Equal(t, "203.0.113.7", IngressHost(svc, ""))
+	assert.Equal(t, "203.0.113.7", IngressHost(svc, IPv4))
+	assert.Equal(t, "2001:db8::7", IngressHost(svc, IPv6))
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "203.0.113.7"}}
+	assert.Empty(t, IngressHost(svc, IPv6), "no IPv6 address: none, not the IPv4 one")
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{Hostname: "b0.elb.example.com"}}
+	assert.Equal(t, "b0.elb.example.com", IngressHost(svc, IPv6))
+	svc.Status.LoadBalancer.Ingress = nil
+	assert.Empty(t, IngressHost(svc, ""))
+}

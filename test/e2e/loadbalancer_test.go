@@ -23,7 +23,7 @@ import (
 
 // lbPassed is a real MetalLB setting passed through brokerport.io/service-annotations: the pool
 // to allocate from.
-const lbPassed = `{"metallb.io/address-pool":"` + "e2e" + `"}`
+const lbPassed = `{"metallb.io/address-pool":"e2e"}`
 
 // TestLoadBalancer switches a running Apache Kafka StatefulSet from the nodeport strategy to the
 // loadbalancer strategy, with MetalLB's real controller (built from its Go module) giving each

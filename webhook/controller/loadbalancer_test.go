@@ -67,7 +67,7 @@ func TestLoadBalancerServicesThenAddressesAsTheyCome(t *testing.T) {
 	require.NoError(t, f.client.Get(ctx, client.ObjectKey{Namespace: "kafka", Name: "redpanda-1-external"}, svc))
 	assert.Equal(t, corev1.ServiceTypeLoadBalancer, svc.Spec.Type)
 	assert.Equal(t, corev1.ServiceExternalTrafficPolicyLocal, svc.Spec.ExternalTrafficPolicy)
-	assert.Equal(t, map[string]string{"redpanda-1": ""}, map[string]string{svc.Spec.Selector["statefulset.kubernetes.io/pod-name"]: ""})
+	assert.Equal(t, map[string]string{"statefulset.kubernetes.io/pod-name": "redpanda-1"}, svc.Spec.Selector)
 	assert.Equal(t, []int32{9094, 8083}, []int32{svc.Spec.Ports[0].Port, svc.Spec.Ports[1].Port})
 	assert.Equal(t, []int32{0, 0}, []int32{svc.Spec.Ports[0].NodePort, svc.Spec.Ports[1].NodePort}, "nodePorts are the API server's to allocate")
 	assert.Equal(t, "nlb", svc.Annotations["lb.example.com/type"])

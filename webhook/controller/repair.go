@@ -30,6 +30,7 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 			continue // not bound, going away, or its node is
 		}
 		var addr patches.NodeAddress
+		where := fmt.Sprintf("node %s's address", node.Name) // what the address is, for RestartRequired
 		if cfg.LoadBalanced() {
 			ordinal, _ := patches.OrdinalOf(pod.Name, sts.Name)
 			ingress := balancers[ordinal].Ingress
@@ -37,6 +38,7 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 				continue // no address yet (the gate waits), or a pod of the nodeport strategy
 			}
 			addr = patches.LoadBalancerAddress(ingress, node)
+			where = fmt.Sprintf("Service %s's load-balancer address", balancers[ordinal].Service)
 		} else {
 			if !hasHostPorts(pod) {
 				continue // a pod of the loadbalancer strategy, until it rolls
@@ -68,10 +70,6 @@ func (r *Reconciler) repair(ctx context.Context, sts *appsv1.StatefulSet, cfg pa
 			continue
 		}
 		repairs.WithLabelValues("stale").Inc()
-		where := fmt.Sprintf("node %s's address", addr.Node)
-		if cfg.LoadBalanced() {
-			where = fmt.Sprintf("Service %s's load-balancer address", patches.BrokerServiceName(sts.Name, mustOrdinal(pod.Name, sts.Name)))
-		}
 		r.Events.Eventf(pod, sts, corev1.EventTypeWarning, "RestartRequired", "Repair",
 			"the address annotations said %s, but %s is %s; the broker may still advertise %s: restart it (kubectl delete pod %s) to re-advertise", before, where, addr.Host, before, pod.Name)
 	}
@@ -86,9 +84,4 @@ func hasHostPorts(pod *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-func mustOrdinal(pod, cluster string) int {
-	ordinal, _ := patches.OrdinalOf(pod, cluster)
-	return ordinal
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -176,18 +177,11 @@ func (r *Reconciler) updateService(ctx context.Context, current, want *corev1.Se
 		delete(svc.Annotations, k)
 	}
 	delete(svc.Annotations, patches.AnnotationServiceAnnotations)
-	for k, v := range want.Annotations {
-		svc.Annotations = setKey(svc.Annotations, k, v)
+	if svc.Annotations == nil && len(want.Annotations) > 0 {
+		svc.Annotations = map[string]string{}
 	}
+	maps.Copy(svc.Annotations, want.Annotations)
 	return r.Client.Update(ctx, svc)
-}
-
-func setKey(m map[string]string, k, v string) map[string]string {
-	if m == nil {
-		m = map[string]string{}
-	}
-	m[k] = v
-	return m
 }
 
 // isOurs tells whether an object's labels say brokerport made it for StatefulSet sts: the API
