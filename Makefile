@@ -33,7 +33,7 @@ FUZZTIME ?= 100000x
 fuzz: ## run each fuzzer for FUZZTIME (100000x, about 20 s each)
 	@for f in FuzzParseConfig FuzzMutatePod FuzzMutateStatefulSet FuzzMutateService FuzzHostTemplate FuzzHostURI FuzzPlanServices; do \
 	  echo ">> $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./patches || exit 1; done
-	@for f in FuzzServeHTTP FuzzDirectPatch; do \
+	@for f in FuzzServeHTTP FuzzDirectPatch FuzzDecode; do \
 	  echo ">> $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./webhook || exit 1; done
 
 bench: ## handler benchmarks, the load harness and informer memory; rewrites BENCHMARKS.md

@@ -54,10 +54,10 @@ func TestBadInputCatalog(t *testing.T) {
 	require.NoError(t, reader.Create(context.Background(), mustDecodeSTS(t, `{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"kafka","namespace":"kafka","uid":"kafka-uid","labels":{"brokerport.io/expose":"true"}}}`)))
 	opts := patches.DefaultOptions()
 	snapshot := ReaderSnapshot{Reader: reader, Options: opts}
-	pods := NewPodHandler(scheme, snapshot, opts)
-	sets := NewStatefulSetHandler(scheme, snapshot, opts)
-	services := NewServiceHandler(scheme, snapshot, opts)
-	bindings := NewBindingHandler(scheme, NewClusters(), reader, reader, snapshot, events.NewFakeRecorder(10), opts)
+	pods := NewPodHandler(snapshot, opts)
+	sets := NewStatefulSetHandler(snapshot, opts)
+	services := NewServiceHandler(snapshot, opts)
+	bindings := NewBindingHandler(NewClusters(), reader, reader, snapshot, events.NewFakeRecorder(10), opts)
 
 	huge := strings.Repeat("x", 3<<20-4096)
 	tests := map[string]struct {
@@ -121,7 +121,7 @@ func stsJSON(name, annotations string, replicas int) string {
 // Request bodies are capped (controller-runtime's limit, 7 MiB): a larger one is refused
 // before it is read whole.
 func TestRequestBodiesAreCapped(t *testing.T) {
-	h, err := admission.StandaloneWebhook(&admission.Webhook{Handler: NewPodHandler(Scheme(), ReaderSnapshot{}, patches.DefaultOptions())}, admission.StandaloneOptions{})
+	h, err := admission.StandaloneWebhook(&admission.Webhook{Handler: NewPodHandler(ReaderSnapshot{}, patches.DefaultOptions())}, admission.StandaloneOptions{})
 	require.NoError(t, err)
 	body := `{"request":{"uid":"1","object":{"x":"` + strings.Repeat("x", 8<<20) + `"}}}`
 	req := httptest.NewRequest(http.MethodPost, "/mutate-pods", strings.NewReader(body))

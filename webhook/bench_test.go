@@ -21,7 +21,7 @@ import (
 // Benchmarks of each handler, decode → mutate → patch, on realistic input. The HTTP and
 // AdmissionReview encoding around them are controller-runtime's and measured by test/load.
 
-func benchInput(b *testing.B, path string) []byte {
+func benchInput(b testing.TB, path string) []byte {
 	b.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -81,7 +81,7 @@ func diffVsDirect(b *testing.B, h admission.Handler, req admission.Request) {
 
 func BenchmarkPodHandler(b *testing.B) {
 	snapshot, _, _ := benchCluster(b)
-	h := NewPodHandler(Scheme(), snapshot, patches.DefaultOptions())
+	h := NewPodHandler(snapshot, patches.DefaultOptions())
 	diffVsDirect(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", benchInput(b, "testdata/bench/pod-redpanda.yaml")))
 }
 
@@ -91,13 +91,13 @@ func BenchmarkPodHandlerWithGate(b *testing.B) {
 	snapshot, _, _ := benchCluster(b)
 	opts := patches.DefaultOptions()
 	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
-	h := NewPodHandler(Scheme(), snapshot, opts)
+	h := NewPodHandler(snapshot, opts)
 	diffVsDirect(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", benchInput(b, "testdata/bench/pod-redpanda.yaml")))
 }
 
 func BenchmarkStatefulSetHandler(b *testing.B) {
 	snapshot, _, _ := benchCluster(b)
-	h := NewStatefulSetHandler(Scheme(), snapshot, patches.DefaultOptions())
+	h := NewStatefulSetHandler(snapshot, patches.DefaultOptions())
 	raw := benchInput(b, "testdata/sts-redpanda-four-listeners.in.yaml")
 	var c goldenCase
 	if err := yaml.Unmarshal(raw, &c); err != nil {
@@ -108,7 +108,7 @@ func BenchmarkStatefulSetHandler(b *testing.B) {
 
 func BenchmarkServiceHandler(b *testing.B) {
 	snapshot, _, _ := benchCluster(b)
-	h := NewServiceHandler(Scheme(), snapshot, patches.DefaultOptions())
+	h := NewServiceHandler(snapshot, patches.DefaultOptions())
 	sts, _ := snapshot.ExposedStatefulSet(context.Background(), "redpanda", "redpanda")
 	cfg, _ := patches.ParseConfig(sts.Annotations, nil, patches.DefaultOptions())
 	raw, err := yaml.Marshal(patches.BrokerService(sts, cfg, 1))
@@ -121,14 +121,14 @@ func BenchmarkServiceHandler(b *testing.B) {
 
 func BenchmarkBindingNotABroker(b *testing.B) {
 	snapshot, clusters, _ := benchCluster(b)
-	h := NewBindingHandler(Scheme(), clusters, snapshot.Reader, snapshot.Reader, snapshot, events.NewFakeRecorder(1), patches.DefaultOptions())
+	h := NewBindingHandler(clusters, snapshot.Reader, snapshot.Reader, snapshot, events.NewFakeRecorder(1), patches.DefaultOptions())
 	raw := []byte(`{"kind":"Binding","apiVersion":"v1","metadata":{"name":"web-7d9f8c6b5-x2k4q","namespace":"redpanda"},"target":{"kind":"Node","name":"node-1"}}`)
 	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "web-7d9f8c6b5-x2k4q", raw), false)
 }
 
 func BenchmarkBindingBroker(b *testing.B) {
 	snapshot, clusters, _ := benchCluster(b)
-	h := NewBindingHandler(Scheme(), clusters, snapshot.Reader, snapshot.Reader, snapshot, events.NewFakeRecorder(1), patches.DefaultOptions())
+	h := NewBindingHandler(clusters, snapshot.Reader, snapshot.Reader, snapshot, events.NewFakeRecorder(1), patches.DefaultOptions())
 	raw := []byte(`{"kind":"Binding","apiVersion":"v1","metadata":{"name":"redpanda-1","namespace":"redpanda"},"target":{"kind":"Node","name":"node-1"}}`)
 	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1", raw), true)
 }

@@ -13,7 +13,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -96,7 +95,6 @@ var notABroker = admission.Allowed("not a brokerport broker")
 // BindingHandler adds a broker's node address to its Binding, so that the pod carries it from
 // the moment it has a node.
 type BindingHandler struct {
-	decoder  admission.Decoder
 	clusters *Clusters
 	pods     client.Reader // the label-filtered broker pod cache
 	api      client.Reader // direct reads, for a pod the cache has not seen yet
@@ -105,8 +103,8 @@ type BindingHandler struct {
 	opts     patches.Options
 }
 
-func NewBindingHandler(scheme *runtime.Scheme, clusters *Clusters, pods, api client.Reader, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) *BindingHandler {
-	return &BindingHandler{decoder: admission.NewDecoder(scheme), clusters: clusters, pods: pods, api: api, snapshot: snapshot, events: recorder, opts: opts}
+func NewBindingHandler(clusters *Clusters, pods, api client.Reader, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) *BindingHandler {
+	return &BindingHandler{clusters: clusters, pods: pods, api: api, snapshot: snapshot, events: recorder, opts: opts}
 }
 
 // getTimeout bounds the one API call of a cache miss: the webhook itself has 2 s.
@@ -124,7 +122,7 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 	}
 
 	binding := &corev1.Binding{}
-	if err := h.decoder.Decode(req, binding); err != nil {
+	if err := decode(req.Object, binding, bindingGVK); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding Binding: %w", err))
 	}
 	if binding.Target.Kind != "" && binding.Target.Kind != "Node" {

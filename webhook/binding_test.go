@@ -33,7 +33,7 @@ func TestBindingFastPathMakesNoCallAndNoAllocation(t *testing.T) {
 	clusters := NewClusters()
 	clusters.record(&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "kafka", Name: "redpanda", Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}}}, true)
 	reader := failingReader{t}
-	h := NewBindingHandler(Scheme(), clusters, reader, reader, ReaderSnapshot{Reader: reader}, events.NewFakeRecorder(1), patches.DefaultOptions())
+	h := NewBindingHandler(clusters, reader, reader, ReaderSnapshot{Reader: reader}, events.NewFakeRecorder(1), patches.DefaultOptions())
 	ctx := context.Background()
 
 	for name, podName := range map[string]string{

@@ -43,10 +43,10 @@ func FuzzServeHTTP(f *testing.F) {
 	clusters := NewClusters()
 	handlers := []http.Handler{}
 	for _, h := range []admission.Handler{
-		NewPodHandler(scheme, snapshot, opts),
-		NewStatefulSetHandler(scheme, snapshot, opts),
-		NewServiceHandler(scheme, snapshot, opts),
-		NewBindingHandler(scheme, clusters, reader, reader, snapshot, events.NewFakeRecorder(100), opts),
+		NewPodHandler(snapshot, opts),
+		NewStatefulSetHandler(snapshot, opts),
+		NewServiceHandler(snapshot, opts),
+		NewBindingHandler(clusters, reader, reader, snapshot, events.NewFakeRecorder(100), opts),
 	} {
 		hh, err := admission.StandaloneWebhook(&admission.Webhook{Handler: h}, admission.StandaloneOptions{})
 		if err != nil {

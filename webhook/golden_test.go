@@ -117,7 +117,7 @@ func runGoldenCase(t *testing.T, name string) {
 	assert.Empty(t, again.Patches, "second pass is not a no-op")
 }
 
-func readCase(t *testing.T, path string) goldenCase {
+func readCase(t testing.TB, path string) goldenCase {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
@@ -144,21 +144,21 @@ func (c goldenCase) handler(t *testing.T) (admission.Handler, *events.FakeRecord
 	recorder := events.NewFakeRecorder(10)
 	switch c.Resource {
 	case "statefulsets":
-		h := NewStatefulSetHandler(scheme, snapshot, opts)
+		h := NewStatefulSetHandler(snapshot, opts)
 		h.Events = recorder
 		return h, recorder
 	case "pods":
-		return NewPodHandler(scheme, snapshot, opts), recorder
+		return NewPodHandler(snapshot, opts), recorder
 	case "services":
-		return NewServiceHandler(scheme, snapshot, opts), recorder
+		return NewServiceHandler(snapshot, opts), recorder
 	case "scale":
-		return NewScaleHandler(scheme, snapshot, opts), recorder
+		return NewScaleHandler(snapshot, opts), recorder
 	case "bindings":
 		clusters := NewClusters()
 		for _, obj := range cached {
 			clusters.record(obj, true)
 		}
-		return NewBindingHandler(scheme, clusters, cache, api, snapshot, recorder, opts), recorder
+		return NewBindingHandler(clusters, cache, api, snapshot, recorder, opts), recorder
 	}
 	t.Fatalf("unknown resource %q", c.Resource)
 	return nil, nil

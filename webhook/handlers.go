@@ -12,7 +12,6 @@ import (
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/events"
@@ -21,23 +20,28 @@ import (
 	"github.com/brokerport/brokerport/patches"
 )
 
+// The kinds brokerport is sent, in the versions its webhooks' rules ask for.
 var (
-	statefulSetKind = appsv1.SchemeGroupVersion.WithKind("StatefulSet").GroupKind()
-	podKind         = corev1.SchemeGroupVersion.WithKind("Pod").GroupKind()
-	serviceKind     = corev1.SchemeGroupVersion.WithKind("Service").GroupKind()
-	scaleKind       = autoscalingv1.SchemeGroupVersion.WithKind("Scale").GroupKind()
+	statefulSetGVK = appsv1.SchemeGroupVersion.WithKind("StatefulSet")
+	podGVK         = corev1.SchemeGroupVersion.WithKind("Pod")
+	serviceGVK     = corev1.SchemeGroupVersion.WithKind("Service")
+	scaleGVK       = autoscalingv1.SchemeGroupVersion.WithKind("Scale")
+	bindingGVK     = corev1.SchemeGroupVersion.WithKind("Binding")
+
+	statefulSetKind = statefulSetGVK.GroupKind()
+	podKind         = podGVK.GroupKind()
+	serviceKind     = serviceGVK.GroupKind()
+	scaleKind       = scaleGVK.GroupKind()
 )
 
-// handler is what every object handler holds: a decoder built once, the cluster snapshot and
-// brokerport's options.
+// handler is what every object handler holds: the cluster snapshot and brokerport's options.
 type handler struct {
-	decoder  admission.Decoder
 	snapshot Snapshot
 	opts     patches.Options
 }
 
-func newHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) handler {
-	return handler{decoder: admission.NewDecoder(scheme), snapshot: snapshot, opts: opts}
+func newHandler(snapshot Snapshot, opts patches.Options) handler {
+	return handler{snapshot: snapshot, opts: opts}
 }
 
 // StatefulSetHandler validates a StatefulSet's opt-in, assigns its port block and copies the
@@ -53,8 +57,8 @@ type StatefulSetHandler struct {
 	Events events.EventRecorder
 }
 
-func NewStatefulSetHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *StatefulSetHandler {
-	return &StatefulSetHandler{handler: newHandler(scheme, snapshot, opts), recent: recentBlocks{ttl: 2 * time.Minute, now: time.Now}}
+func NewStatefulSetHandler(snapshot Snapshot, opts patches.Options) *StatefulSetHandler {
+	return &StatefulSetHandler{handler: newHandler(snapshot, opts), recent: recentBlocks{ttl: 2 * time.Minute, now: time.Now}}
 }
 
 func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -62,7 +66,7 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		return admission.Allowed("brokerport mutates StatefulSets on create and update only")
 	}
 	sts := &appsv1.StatefulSet{}
-	if err := h.decoder.Decode(req, sts); err != nil {
+	if err := decode(req.Object, sts, statefulSetGVK); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding StatefulSet: %w", err))
 	}
 	// An object that is not opted in is still mutated: if it was opted in before, the removal
@@ -146,8 +150,8 @@ func (h *StatefulSetHandler) report(req admission.Request, sts *appsv1.StatefulS
 // environment, and the address annotations when the pod is created already bound to a node.
 type PodHandler struct{ handler }
 
-func NewPodHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *PodHandler {
-	return &PodHandler{newHandler(scheme, snapshot, opts)}
+func NewPodHandler(snapshot Snapshot, opts patches.Options) *PodHandler {
+	return &PodHandler{newHandler(snapshot, opts)}
 }
 
 func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -155,7 +159,7 @@ func (h *PodHandler) Handle(ctx context.Context, req admission.Request) admissio
 		return admission.Allowed("brokerport mutates pods on create only")
 	}
 	pod := &corev1.Pod{}
-	if err := h.decoder.Decode(req, pod); err != nil {
+	if err := decode(req.Object, pod, podGVK); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding Pod: %w", err))
 	}
 	if !patches.IsExposed(pod.Labels) {
@@ -228,8 +232,8 @@ func (h *PodHandler) owner(ctx context.Context, namespace string, pod *corev1.Po
 // ServiceHandler makes an opted-in Service a NodePort Service on its broker's external ports.
 type ServiceHandler struct{ handler }
 
-func NewServiceHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *ServiceHandler {
-	return &ServiceHandler{newHandler(scheme, snapshot, opts)}
+func NewServiceHandler(snapshot Snapshot, opts patches.Options) *ServiceHandler {
+	return &ServiceHandler{newHandler(snapshot, opts)}
 }
 
 func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -237,7 +241,7 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 		return admission.Allowed("brokerport mutates Services on create and update only")
 	}
 	svc := &corev1.Service{}
-	if err := h.decoder.Decode(req, svc); err != nil {
+	if err := decode(req.Object, svc, serviceGVK); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding Service: %w", err))
 	}
 	cluster, _, exposed, ferr := patches.ServiceBroker(svc)
@@ -256,7 +260,7 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 			// The StatefulSet opted out; the controller removes its Services. Until then, no new
 			// port of the band.
 			old := &corev1.Service{}
-			if err := h.decoder.DecodeRaw(req.OldObject, old); err != nil {
+			if err := decode(req.OldObject, old, serviceGVK); err != nil {
 				return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the old Service: %w", err))
 			}
 			if errs := patches.CheckNewBandPorts(old, svc, h.opts.PortRange, fmt.Sprintf("StatefulSet %q is no longer opted in", cluster)); len(errs) > 0 {
@@ -275,7 +279,7 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 		var old *corev1.Service
 		if req.Operation == admissionv1.Update {
 			old = &corev1.Service{}
-			if err := h.decoder.DecodeRaw(req.OldObject, old); err != nil {
+			if err := decode(req.OldObject, old, serviceGVK); err != nil {
 				return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the old Service: %w", err))
 			}
 		}
@@ -332,8 +336,8 @@ func (r *recentBlocks) others(key types.NamespacedName, cached func(types.Namesp
 // subresource (kubectl scale), which the StatefulSet rule does not cover.
 type ScaleHandler struct{ handler }
 
-func NewScaleHandler(scheme *runtime.Scheme, snapshot Snapshot, opts patches.Options) *ScaleHandler {
-	return &ScaleHandler{newHandler(scheme, snapshot, opts)}
+func NewScaleHandler(snapshot Snapshot, opts patches.Options) *ScaleHandler {
+	return &ScaleHandler{newHandler(snapshot, opts)}
 }
 
 func (h *ScaleHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -341,7 +345,7 @@ func (h *ScaleHandler) Handle(ctx context.Context, req admission.Request) admiss
 		return admission.Allowed("brokerport checks scale updates only")
 	}
 	scale := &autoscalingv1.Scale{}
-	if err := h.decoder.Decode(req, scale); err != nil {
+	if err := decode(req.Object, scale, scaleGVK); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding Scale: %w", err))
 	}
 	sts, err := h.snapshot.ExposedStatefulSet(ctx, req.Namespace, req.Name)

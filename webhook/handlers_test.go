@@ -24,7 +24,7 @@ import (
 func TestConcurrentOptInsGetDistinctBlocks(t *testing.T) {
 	scheme := Scheme()
 	reader := fake.NewClientBuilder().WithScheme(scheme).Build() // the cache shows none of them
-	h := NewStatefulSetHandler(scheme, ReaderSnapshot{Reader: reader}, patches.DefaultOptions())
+	h := NewStatefulSetHandler(ReaderSnapshot{Reader: reader}, patches.DefaultOptions())
 	const n = 10 // 10 × 8 ports fit in 30000-30085
 	bases := make([]string, n)
 	var wg sync.WaitGroup
@@ -56,7 +56,7 @@ func TestConcurrentOptInsGetDistinctBlocks(t *testing.T) {
 func TestRecentBlockFreedOnceCachedThenDeleted(t *testing.T) {
 	scheme := Scheme()
 	reader := fake.NewClientBuilder().WithScheme(scheme).Build()
-	h := NewStatefulSetHandler(scheme, ReaderSnapshot{Reader: reader}, patches.DefaultOptions())
+	h := NewStatefulSetHandler(ReaderSnapshot{Reader: reader}, patches.DefaultOptions())
 	optIn := func(name string) string {
 		raw := fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":%q,"labels":{"brokerport.io/expose":"true"}},"spec":{"template":{"metadata":{"labels":{"a":"b"}}}}}`, name)
 		resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{

@@ -34,12 +34,12 @@ func CountedWebhook(resource string, h admission.Handler) *admission.Webhook {
 // Register serves brokerport's object handlers on server; recorder gets the StatefulSet
 // handler's Events.
 func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) {
-	statefulSets := NewStatefulSetHandler(scheme, snapshot, opts)
+	statefulSets := NewStatefulSetHandler(snapshot, opts)
 	statefulSets.Events = recorder
 	server.Register(PathStatefulSets, CountedWebhook("statefulsets", statefulSets))
-	server.Register(PathPods, CountedWebhook("pods", NewPodHandler(scheme, snapshot, opts)))
-	server.Register(PathServices, CountedWebhook("services", NewServiceHandler(scheme, snapshot, opts)))
-	server.Register(PathScale, CountedWebhook("statefulsets/scale", NewScaleHandler(scheme, snapshot, opts)))
+	server.Register(PathPods, CountedWebhook("pods", NewPodHandler(snapshot, opts)))
+	server.Register(PathServices, CountedWebhook("services", NewServiceHandler(snapshot, opts)))
+	server.Register(PathScale, CountedWebhook("statefulsets/scale", NewScaleHandler(snapshot, opts)))
 }
 
 // TLSOptions are the webhook listener's: TLS 1.2 at least, and HTTP/1.1 only, as

@@ -207,7 +207,7 @@ func serve(args []string) error {
 	recorder := mgr.GetEventRecorder("brokerport")
 	webhook.Register(mgr.GetWebhookServer(), scheme, snapshot, recorder, opts)
 	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
-		webhook.NewBindingHandler(scheme, clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
+		webhook.NewBindingHandler(clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
 
 	prober := &probe.Prober{Reader: mgr.GetCache(), Events: recorder, Options: opts, Period: *probePeriod, Concurrency: *probeConcurrency}
 	if err := mgr.Add(prober); err != nil {

@@ -16,7 +16,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,17 +48,39 @@ func main() {
 	rates := flag.String("rates", "500,1000,2000", "requests per second to send to each pair")
 	duration := flag.Duration("duration", 4*time.Second, "how long each rate runs")
 	mem := flag.Bool("memory", false, "measure the informer caches' memory instead (5,000 nodes, 20,000 pods of which 300 brokers)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
+	only := flag.String("only", "", "run only the handlers whose name contains this")
 	flag.Parse()
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+		defer stop()
+	}
 	var err error
 	if *mem {
 		err = memory(5000, 20000, 300)
 	} else {
-		err = run(parseRates(*rates), *duration)
+		err = run(parseRates(*rates), *duration, *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
 		os.Exit(1)
 	}
+}
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func parseRates(s string) []int {
@@ -71,7 +95,7 @@ func parseRates(s string) []int {
 	return out
 }
 
-func run(rates []int, duration time.Duration) error {
+func run(rates []int, duration time.Duration, only string) error {
 	dir, err := os.MkdirTemp("", "brokerport-load-")
 	if err != nil {
 		return err
@@ -108,6 +132,9 @@ func run(rates []int, duration time.Duration) error {
 
 	fmt.Printf("| handler | rate/s | p50 | p90 | p99 | no-op p50 | no-op p99 | p99 ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, t := range targets {
+		if !strings.Contains(t.name, only) {
+			continue
+		}
 		for _, rate := range rates {
 			// Warm up connections and caches, then measure.
 			measure(httpClient, base, t, noop, rate, duration/4)
@@ -218,7 +245,7 @@ func serve(dir string) (ctrlwebhook.Server, int, error) {
 	}
 	server := ctrlwebhook.NewServer(ctrlwebhook.Options{Host: "127.0.0.1", Port: port, CertDir: dir, TLSOpts: webhook.TLSOptions()})
 	webhook.Register(server, scheme, snapshot, &events.FakeRecorder{}, opts) // drops Events: a full channel would block the handler
-	server.Register(webhook.PathBindings, &admission.Webhook{Handler: webhook.NewBindingHandler(scheme, clusters, reader, reader, snapshot, events.NewFakeRecorder(1), opts)})
+	server.Register(webhook.PathBindings, &admission.Webhook{Handler: webhook.NewBindingHandler(clusters, reader, reader, snapshot, events.NewFakeRecorder(1), opts)})
 	server.Register("/noop", &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
 		return admission.Allowed("")
 	})})

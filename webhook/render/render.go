@@ -167,10 +167,10 @@ func Render(ctx context.Context, objects [][]byte, nodes []*corev1.Node, opts pa
 	snapshot := webhook.ReaderSnapshot{Reader: reader, Options: opts}
 	clusters := webhook.NewClusters()
 	r := renderer{
-		sts:      webhook.NewStatefulSetHandler(scheme, snapshot, opts),
-		pod:      webhook.NewPodHandler(scheme, snapshot, opts),
-		svc:      webhook.NewServiceHandler(scheme, snapshot, opts),
-		bind:     webhook.NewBindingHandler(scheme, clusters, reader, reader, snapshot, events.NewFakeRecorder(100), opts),
+		sts:      webhook.NewStatefulSetHandler(snapshot, opts),
+		pod:      webhook.NewPodHandler(snapshot, opts),
+		svc:      webhook.NewServiceHandler(snapshot, opts),
+		bind:     webhook.NewBindingHandler(clusters, reader, reader, snapshot, events.NewFakeRecorder(100), opts),
 		clusters: clusters,
 		reader:   reader,
 	}
