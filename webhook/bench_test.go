@@ -11,11 +11,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	"sigs.k8s.io/yaml"
 
 	"github.com/brokerport/brokerport/patches"
+	"github.com/brokerport/brokerport/test/cachedreader"
 )
 
 // Benchmarks of each handler, decode → mutate → patch, on realistic input. The HTTP and
@@ -52,7 +52,8 @@ func runHandler(b *testing.B, h admission.Handler, req admission.Request, wantPa
 	}
 }
 
-// benchCluster is a cluster with the Redpanda StatefulSet, its broker pod and its node.
+// benchCluster is a cluster with the Redpanda StatefulSet, its broker pod and its node, in
+// caches kept as the manager keeps them (CacheOptions).
 func benchCluster(b *testing.B) (ReaderSnapshot, *Clusters, *corev1.Pod) {
 	scheme := Scheme()
 	pod := &corev1.Pod{}
@@ -62,7 +63,10 @@ func benchCluster(b *testing.B) (ReaderSnapshot, *Clusters, *corev1.Pod) {
 	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redpanda", Namespace: "redpanda", UID: pod.OwnerReferences[0].UID,
 		Labels: map[string]string{patches.LabelExpose: patches.ExposeValue}, Annotations: pod.Annotations}}
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}}
-	reader := fake.NewClientBuilder().WithScheme(scheme).WithObjects(sts, pod.DeepCopy(), node).Build()
+	reader, err := cachedreader.New(scheme, CacheOptions(), sts, pod.DeepCopy(), node)
+	if err != nil {
+		b.Fatal(err)
+	}
 	clusters := NewClusters()
 	clusters.record(sts, true)
 	return ReaderSnapshot{Reader: reader, Options: patches.DefaultOptions()}, clusters, pod
@@ -111,7 +115,13 @@ func BenchmarkServiceHandler(b *testing.B) {
 	h := NewServiceHandler(snapshot, patches.DefaultOptions())
 	sts, _ := snapshot.ExposedStatefulSet(context.Background(), "redpanda", "redpanda")
 	cfg, _ := patches.ParseConfig(sts.Annotations, nil, patches.DefaultOptions())
-	raw, err := yaml.Marshal(patches.BrokerService(sts, cfg, 1))
+	// As a user might write it: the webhook makes it a NodePort Service with the broker's ports.
+	svc := patches.BrokerService(sts, cfg, 1)
+	svc.Spec.Type = corev1.ServiceTypeClusterIP
+	for i := range svc.Spec.Ports {
+		svc.Spec.Ports[i].NodePort = 0
+	}
+	raw, err := yaml.Marshal(svc)
 	if err != nil {
 		b.Fatal(err)
 	}

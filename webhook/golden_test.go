@@ -99,9 +99,13 @@ func runGoldenCase(t *testing.T, name string) {
 		return
 	}
 
-	// Apply the patch exactly as sent, as the API server would.
-	patchJSON, err := json.Marshal(resp.Patches)
+	// Apply the patch exactly as sent, as the API server would: encodePatch's bytes, which are
+	// json.Marshal's.
+	patchJSON, err := encodePatch(resp.Patches)
 	require.NoError(t, err)
+	marshaled, err := json.Marshal(resp.Patches)
+	require.NoError(t, err)
+	assert.Equal(t, string(marshaled), string(patchJSON), "encodePatch differs from json.Marshal")
 	patch, err := jsonpatchapply.DecodePatch(patchJSON)
 	require.NoError(t, err)
 	out, err := patch.Apply(c.Object)

@@ -18,7 +18,8 @@ var admissions = prometheus.NewCounterVec(prometheus.CounterOpts{
 
 func init() { metrics.Registry.MustRegister(admissions) }
 
-// counted wraps a handler so that each answer is counted.
+// counted wraps a handler so that each answer is counted, and its patch sent encoded once
+// (sendPatch).
 type counted struct {
 	resource string
 	admission.Handler
@@ -27,7 +28,7 @@ type counted struct {
 func (c counted) Handle(ctx context.Context, req admission.Request) admission.Response {
 	resp := c.Handler.Handle(ctx, req)
 	admissions.WithLabelValues(c.resource, resultOf(resp)).Inc()
-	return resp
+	return sendPatch(resp)
 }
 
 func resultOf(resp admission.Response) string {

@@ -154,3 +154,71 @@ func objectName(req admission.Request, name string) string {
 	}
 	return req.Name
 }
+
+// sendPatch encodes resp's operations into the JSON Patch the API server reads, as
+// controller-runtime would (its Response.Complete marshals resp.Patches when there are any,
+// so they are moved into resp.Patch). The bytes are json.Marshal's; what it saves is
+// encoding/json re-reading each value the patchWriter already encoded (json.RawMessage is
+// validated and compacted again): for a broker pod, more than the rest of the response.
+func sendPatch(resp admission.Response) admission.Response {
+	if len(resp.Patches) == 0 {
+		return resp
+	}
+	patch, err := encodePatch(resp.Patches)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encoding the patch: %w", err))
+	}
+	patchType := admissionv1.PatchTypeJSONPatch
+	resp.Patch, resp.PatchType, resp.Patches = patch, &patchType, nil
+	return resp
+}
+
+// encodePatch is json.Marshal(ops), byte for byte (TestGolden holds it so), with the values the
+// patchWriter encoded (json.RawMessage, valid and compact) copied as they are.
+func encodePatch(ops []jsonpatch.Operation) ([]byte, error) {
+	size := 2
+	for _, op := range ops {
+		size += len(op.Path) + 40
+		if raw, ok := op.Value.(json.RawMessage); ok {
+			size += len(raw)
+		}
+	}
+	out := make([]byte, 0, size)
+	out = append(out, '[')
+	for i, op := range ops {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `{"op":`...)
+		out = appendJSONString(out, op.Operation)
+		out = append(out, `,"path":`...)
+		out = appendJSONString(out, op.Path)
+		if op.Value != nil {
+			out = append(out, `,"value":`...)
+			raw, ok := op.Value.(json.RawMessage)
+			if !ok {
+				var err error
+				if raw, err = json.Marshal(op.Value); err != nil {
+					return nil, err
+				}
+			}
+			out = append(out, raw...)
+		}
+		out = append(out, '}')
+	}
+	return append(out, ']'), nil
+}
+
+// appendJSONString appends s quoted as encoding/json quotes it: plain printable ASCII as it
+// is (the paths and op names brokerport writes), anything else through json.Marshal.
+func appendJSONString(out []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			quoted, _ := json.Marshal(s) // a string always encodes
+			return append(out, quoted...)
+		}
+	}
+	out = append(out, '"')
+	out = append(out, s...)
+	return append(out, '"')
+}

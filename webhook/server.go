@@ -7,7 +7,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -33,7 +32,7 @@ func CountedWebhook(resource string, h admission.Handler) *admission.Webhook {
 
 // Register serves brokerport's object handlers on server; recorder gets the StatefulSet
 // handler's Events.
-func Register(server ctrlwebhook.Server, scheme *runtime.Scheme, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) {
+func Register(server ctrlwebhook.Server, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) {
 	statefulSets := NewStatefulSetHandler(snapshot, opts)
 	statefulSets.Events = recorder
 	server.Register(PathStatefulSets, CountedWebhook("statefulsets", statefulSets))

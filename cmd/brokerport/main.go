@@ -205,7 +205,7 @@ func serve(args []string) error {
 	}
 	snapshot := webhook.ReaderSnapshot{Reader: mgr.GetCache(), Live: mgr.GetAPIReader(), Options: opts}
 	recorder := mgr.GetEventRecorder("brokerport")
-	webhook.Register(mgr.GetWebhookServer(), scheme, snapshot, recorder, opts)
+	webhook.Register(mgr.GetWebhookServer(), snapshot, recorder, opts)
 	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
 		webhook.NewBindingHandler(clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
 
