@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -290,6 +291,30 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 	return patchResponse(svc, mutated, "already as brokerport wants it")
 }
 
+// EventHandler is for the informer of opted-in StatefulSets: a block assigned moments ago is
+// forgotten as soon as the informer shows its StatefulSet with it, from when the cache holds it
+// (and frees it when the StatefulSet goes), even if the StatefulSet goes before the next opt-in
+// looks.
+func (h *StatefulSetHandler) EventHandler() toolscache.ResourceEventHandler {
+	shown := func(obj any) {
+		sts, ok := obj.(*appsv1.StatefulSet)
+		if !ok {
+			return
+		}
+		cfg, errs := patches.ParseConfig(sts.Annotations, nil, h.opts)
+		if len(errs) > 0 || !cfg.HoldsBlock() {
+			return
+		}
+		h.assigning.Lock()
+		defer h.assigning.Unlock()
+		h.recent.shown(types.NamespacedName{Namespace: sts.Namespace, Name: sts.Name}, cfg.Block())
+	}
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { shown(obj) },
+		UpdateFunc: func(_, obj any) { shown(obj) },
+	}
+}
+
 // recentBlocks are blocks assigned by this process that the informer cache may not show yet.
 // Only used under StatefulSetHandler.assigning.
 type recentBlocks struct {
@@ -310,6 +335,13 @@ func (r *recentBlocks) add(key types.NamespacedName, block patches.PortRange) {
 	r.blocks[key] = recentBlock{block: block, at: r.now()}
 }
 
+// shown forgets key's block once the cache holds key with it.
+func (r *recentBlocks) shown(key types.NamespacedName, block patches.PortRange) {
+	if b, ok := r.blocks[key]; ok && b.block == block {
+		delete(r.blocks, key)
+	}
+}
+
 // others are the unexpired blocks of StatefulSets other than key that the cache does not show
 // yet. One the cache shows (cached gives it that block) is forgotten: the cache holds it from
 // then on, and frees it when the StatefulSet goes, rather than the block staying taken until it
@@ -322,7 +354,7 @@ func (r *recentBlocks) others(key types.NamespacedName, cached func(types.Namesp
 			continue
 		}
 		if block, ok := cached(k); ok && block == b.block {
-			delete(r.blocks, k)
+			r.shown(k, block)
 			continue
 		}
 		if k != key {

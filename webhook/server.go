@@ -31,14 +31,16 @@ func CountedWebhook(resource string, h admission.Handler) *admission.Webhook {
 }
 
 // Register serves brokerport's object handlers on server; recorder gets the StatefulSet
-// handler's Events.
-func Register(server ctrlwebhook.Server, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) {
+// handler's Events. The StatefulSet handler is returned for the StatefulSet informer's events
+// (StatefulSetHandler.EventHandler).
+func Register(server ctrlwebhook.Server, snapshot Snapshot, recorder events.EventRecorder, opts patches.Options) *StatefulSetHandler {
 	statefulSets := NewStatefulSetHandler(snapshot, opts)
 	statefulSets.Events = recorder
 	server.Register(PathStatefulSets, CountedWebhook("statefulsets", statefulSets))
 	server.Register(PathPods, CountedWebhook("pods", NewPodHandler(snapshot, opts)))
 	server.Register(PathServices, CountedWebhook("services", NewServiceHandler(snapshot, opts)))
 	server.Register(PathScale, CountedWebhook("statefulsets/scale", NewScaleHandler(snapshot, opts)))
+	return statefulSets
 }
 
 // TLSOptions are the webhook listener's: TLS 1.2 at least, and HTTP/1.1 only, as

@@ -205,7 +205,10 @@ func serve(args []string) error {
 	}
 	snapshot := webhook.ReaderSnapshot{Reader: mgr.GetCache(), Live: mgr.GetAPIReader(), Options: opts}
 	recorder := mgr.GetEventRecorder("brokerport")
-	webhook.Register(mgr.GetWebhookServer(), snapshot, recorder, opts)
+	statefulSets := webhook.Register(mgr.GetWebhookServer(), snapshot, recorder, opts)
+	if _, err := stsInformer.AddEventHandler(statefulSets.EventHandler()); err != nil {
+		return fmt.Errorf("watching StatefulSets: %w", err)
+	}
 	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
 		webhook.NewBindingHandler(clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
 
