@@ -294,7 +294,9 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 // EventHandler is for the informer of opted-in StatefulSets: a block assigned moments ago is
 // forgotten as soon as the informer shows its StatefulSet with it, from when the cache holds it
 // (and frees it when the StatefulSet goes), even if the StatefulSet goes before the next opt-in
-// looks.
+// looks. (An event delivered late for an older StatefulSet of the same name and block would
+// forget it early; that needs the older one gone from the cache before this block was assigned,
+// which is what freed the block, and its event still undelivered after that admission.)
 func (h *StatefulSetHandler) EventHandler() toolscache.ResourceEventHandler {
 	shown := func(obj any) {
 		sts, ok := obj.(*appsv1.StatefulSet)
