@@ -266,3 +266,38 @@ func TestEscapePointer(t *testing.T) {
 		assert.Equal(t, want, escapePointer(key))
 	}
 }
+
+func TestAppendEnvIsTheEncoding(t *testing.T) {
+	fieldRef := func(apiVersion, path string) *corev1.EnvVarSource {
+		return &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: apiVersion, FieldPath: path}}
+	}
+	vars := []corev1.EnvVar{
+		{Name: "BROKERPORT_HOST", Value: "203.0.113.2"},
+		{Name: "BROKERPORT_KAFKA_ADDRESS", Value: "[2001:db8::10]:30000"},
+		{Name: "EMPTY"},
+		{Name: "POD", ValueFrom: fieldRef("v1", "metadata.annotations['brokerport.io/host']")},
+		{Name: "NODE", ValueFrom: fieldRef("", "spec.nodeName")},
+		{Name: "ODD", Value: "<a&b> \"q\" \\ é \x01\u2028"},
+	}
+	generic := func(v any) string {
+		encoded, err := json.Marshal(v)
+		require.NoError(t, err)
+		sorted, _ := appendSorted(nil, encoded)
+		return string(sorted)
+	}
+	for i := range vars {
+		got, ok := appendEnv(nil, &vars[i])
+		require.True(t, ok, vars[i].Name)
+		assert.Equal(t, generic(&vars[i]), string(got))
+	}
+	got, ok := appendEnv([]byte("kept"), vars)
+	require.True(t, ok)
+	assert.Equal(t, "kept"+generic(vars), string(got))
+
+	secret := []corev1.EnvVar{vars[0], {Name: "S", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: "k"}}}}
+	got, ok = appendEnv([]byte("kept"), secret)
+	assert.False(t, ok, "only values and fieldRefs")
+	assert.Equal(t, "kept", string(got))
+	_, ok = appendEnv(nil, &corev1.Container{})
+	assert.False(t, ok)
+}
