@@ -29,6 +29,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	"sigs.k8s.io/yaml"
@@ -97,6 +99,8 @@ func parseRates(s string) []int {
 }
 
 func run(rates []int, duration time.Duration, only string) error {
+	// brokerport's own logger, at its default level, to stderr: what the server pays to log.
+	log.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
 	dir, err := os.MkdirTemp("", "brokerport-load-")
 	if err != nil {
 		return err
