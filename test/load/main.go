@@ -257,7 +257,8 @@ func serve(dir string) (ctrlwebhook.Server, int, error) {
 	}
 	server := ctrlwebhook.NewServer(ctrlwebhook.Options{Host: "127.0.0.1", Port: port, CertDir: dir, TLSOpts: webhook.TLSOptions()})
 	webhook.Register(server, snapshot, &events.FakeRecorder{}, opts) // drops Events: a full channel would block the handler
-	server.Register(webhook.PathBindings, &admission.Webhook{Handler: webhook.NewBindingHandler(clusters, reader, api, snapshot, events.NewFakeRecorder(1), opts)})
+	// As cmd/brokerport serves it: counted, its patch encoded once.
+	server.Register(webhook.PathBindings, webhook.CountedWebhook("bindings", webhook.NewBindingHandler(clusters, reader, api, snapshot, events.NewFakeRecorder(1), opts)))
 	server.Register("/noop", &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
 		return admission.Allowed("")
 	})})
