@@ -2,7 +2,9 @@ package webhook
 
 import (
 	"encoding/json"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -126,7 +128,7 @@ func FuzzDecode(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	resources := []string{"pods", "statefulsets", "services", "bindings", "scale"}
+	resources := slices.Sorted(maps.Keys(decodable))
 	for _, input := range inputs {
 		c := readCase(f, input)
 		for i, r := range resources {

@@ -1,10 +1,12 @@
 package webhook
 
 import (
+	"encoding/json"
 	"testing"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	sigsjson "sigs.k8s.io/json"
 
@@ -42,6 +44,42 @@ func BenchmarkPodPatch(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			podRestEqual(pod, mutated)
+		}
+	})
+}
+
+// BenchmarkEncodePatch is the pod's patch as sent: json.Marshal of the operations, as
+// controller-runtime's Response.Complete does, against encodePatch (sendPatch).
+func BenchmarkEncodePatch(b *testing.B) {
+	raw := benchInput(b, "testdata/bench/pod-redpanda.yaml")
+	pod := &corev1.Pod{}
+	if err := decode(runtime.RawExtension{Raw: raw}, pod, podGVK); err != nil {
+		b.Fatal(err)
+	}
+	opts := patches.DefaultOptions()
+	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
+	mutated := pod.DeepCopy()
+	if errs := patches.MutatePod(mutated, nil, opts); len(errs) > 0 {
+		b.Fatal(errs)
+	}
+	ops, ok := directPodPatch(pod, mutated)
+	if !ok {
+		b.Fatal("fell back")
+	}
+	b.Run("json.Marshal", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encodePatch", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := encodePatch(ops); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }
