@@ -200,13 +200,15 @@ func Start(ctx context.Context, bin, dir string, detached bool) (*ControlPlane, 
 	}); err != nil {
 		return nil, err
 	}
-	kwokPort, _ := FreePort()
+	// No --server-address: kwok's server (exec, logs, metrics) is not needed here, and starting
+	// it races kwok's own controller on a package-level map in its CEL library
+	// (wzshiming/easycel typeTraitMap): "fatal error: concurrent map writes" in
+	// Server.InstallMetrics, seen once in CI.
 	if _, err := cp.StartProcess("kwok", filepath.Join(bin, "kwok"), []string{
 		"--kubeconfig", cp.AdminKubeconfig,
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
 		"--manage-nodes-with-label-selector=",
-		fmt.Sprintf("--server-address=127.0.0.1:%d", kwokPort),
 	}); err != nil {
 		return nil, err
 	}
