@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -121,10 +122,10 @@ func TestBrokerportDownOthersUnaffected(t *testing.T) {
 	require.Zero(t, d.failOpen+d.rejected, "failed calls to brokerport with brokerport up")
 
 	// Brokerport up: the same Deployment as below, for its time.
-	upTime, d := timeBound(t, ctx, up, pods)
-	t.Logf("brokerport up: %d pods %s; %s", pods, upTime, d)
-	assert.Zero(t, d.podCalls(), "calls to brokerport's pod and binding webhooks for pods that are not brokers")
-	assert.GreaterOrEqual(t, d.exclusions, float64(pods), "bindings the matchConditions excluded")
+	upTime, upTraffic := timeBound(t, ctx, up, pods)
+	t.Logf("brokerport up: %d pods %s; %s", pods, upTime, upTraffic)
+	assert.Zero(t, upTraffic.podCalls(), "calls to brokerport's pod and binding webhooks for pods that are not brokers")
+	assert.GreaterOrEqual(t, upTraffic.exclusions, float64(pods), "bindings the matchConditions excluded")
 
 	// Scaled to 0: every replica of brokerport gone, its matchConditions controller with it (the
 	// conditions it wrote stay in the API server), and nothing answering where the webhooks point.
@@ -137,27 +138,29 @@ func TestBrokerportDownOthersUnaffected(t *testing.T) {
 	}
 	require.Error(t, err, "something still answers on brokerport's webhook port %d", env.port)
 
-	downTime, d := timeBound(t, ctx, down, pods)
-	t.Logf("brokerport down: %d pods %s; %s", pods, downTime, d)
-	othersUnaffected(t, d, pods, downTime, upTime, "brokerport down")
+	downTime, downTraffic := timeBound(t, ctx, down, pods)
+	t.Logf("brokerport down: %d pods %s; %s", pods, downTime, downTraffic)
+	othersUnaffected(t, downTraffic, pods, downTime, upTime, "brokerport down")
 
 	// A broker bound while brokerport is down: the API server calls brokerport (the conditions
 	// name the broker), is refused at connect and fails open at once (failurePolicy Ignore).
-	late, d := bindWaitingBroker(t, ctx, brokers, sts, "kwok-node-1")
-	t.Logf("broker bound with brokerport down: %s", d)
-	assert.Less(t, d.bindingSeconds, 0.5, "seconds the refused call to %s took", bindingsWebhook)
+	late, lateTraffic := bindWaitingBroker(t, ctx, brokers, sts, "kwok-node-1")
+	t.Logf("broker bound with brokerport down: %s", lateTraffic)
+	assert.Less(t, lateTraffic.bindingSeconds, 0.5, "seconds the refused call to %s took", bindingsWebhook)
 
 	// Hung instead of down: something accepts connections on brokerport's port and never
 	// answers. Pods that are not brokers still never call; a broker's binding waits for the
 	// webhook's timeoutSeconds (2 s), then fails open.
 	stopHang := hang(t, env.port)
-	hungTime, d := timeBound(t, ctx, hung, pods)
-	t.Logf("brokerport hung: %d pods %s; %s", pods, hungTime, d)
-	othersUnaffected(t, d, pods, hungTime, upTime, "brokerport hung")
-	hungBroker, d := bindWaitingBroker(t, ctx, brokers, sts, "kwok-node-2")
-	t.Logf("broker bound with brokerport hung: %s", d)
-	assert.InDelta(t, 2.0, d.bindingSeconds, 0.5, "seconds the hung call to %s took: its timeoutSeconds", bindingsWebhook)
+	hungTime, hungTraffic := timeBound(t, ctx, hung, pods)
+	t.Logf("brokerport hung: %d pods %s; %s", pods, hungTime, hungTraffic)
+	othersUnaffected(t, hungTraffic, pods, hungTime, upTime, "brokerport hung")
+	hungBroker, hungBrokerTraffic := bindWaitingBroker(t, ctx, brokers, sts, "kwok-node-2")
+	t.Logf("broker bound with brokerport hung: %s", hungBrokerTraffic)
+	assert.InDelta(t, 2.0, hungBrokerTraffic.bindingSeconds, 0.5, "seconds the hung call to %s took: its timeoutSeconds", bindingsWebhook)
 	stopHang()
+	writeDownReport(t, pods, []downRun{{"up", upTime, upTraffic}, {"down", downTime, downTraffic}, {"hung", hungTime, hungTraffic}},
+		lateTraffic, hungBrokerTraffic)
 
 	// Brokerport back, as TestMain started it: the companion controller writes both brokers'
 	// addresses and publishes them; their gates would then let them start.
@@ -438,4 +441,31 @@ func scrapeWebhooks(t *testing.T, ctx context.Context) webhookTraffic {
 		}
 	}
 	return w
+}
+
+// downRun is one Deployment of TestBrokerportDownOthersUnaffected: brokerport's state, how long
+// its pods took to bind and what the API server saw meanwhile.
+type downRun struct {
+	brokerport string
+	times      bindTimes
+	traffic    webhookTraffic
+}
+
+// writeDownReport logs the runs as BENCHMARKS.md's table, and writes it to
+// $BROKERPORT_DOWN_OUT when set (make bench).
+func writeDownReport(t *testing.T, pods int, runs []downRun, brokerDown, brokerHung webhookTraffic) {
+	t.Helper()
+	ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
+	var b strings.Builder
+	b.WriteString("| brokerport | calls to any brokerport webhook | failed open | all " + fmt.Sprint(pods) + " bound | ratio to up | median pod create → bound | slowest pod |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range runs {
+		fmt.Fprintf(&b, "| %s | %g | %g | %.2f s | %.2f | %s | %s |\n", r.brokerport, r.traffic.allCalls(), r.traffic.failOpen,
+			r.times.all.Seconds(), r.times.all.Seconds()/runs[0].times.all.Seconds(), ms(r.times.p50), ms(r.times.max))
+	}
+	fmt.Fprintf(&b, "\nA broker bound while brokerport was down: %g binding call, %g failed open, in %.3f s; while it was hung: %g call, %g failed open, in %.3f s.\n",
+		brokerDown.bindingCalls, brokerDown.failOpen, brokerDown.bindingSeconds, brokerHung.bindingCalls, brokerHung.failOpen, brokerHung.bindingSeconds)
+	t.Log("\n" + b.String())
+	if out := os.Getenv("BROKERPORT_DOWN_OUT"); out != "" {
+		require.NoError(t, os.WriteFile(out, []byte(b.String()), 0o644))
+	}
 }

@@ -135,22 +135,62 @@ func run(rates []int, duration time.Duration, only string) error {
 	}
 
 	fmt.Printf("| handler | rate/s | p50 | p90 | p99 | no-op p50 | no-op p99 | p50 ratio | p99 ratio |\n|---|---|---|---|---|---|---|---|---|\n")
+	var verdicts []verdict
 	for _, t := range targets {
 		if !strings.Contains(t.name, only) {
 			continue
 		}
 		// The no-op is sent the same request: the ratio is what the handler adds to it.
 		noop := target{name: "no-op", path: "/noop", body: t.body}
+		v := verdict{handler: t.name, p50: true, p99: true}
 		for _, rate := range rates {
 			// Warm up connections and caches, then measure.
 			measure(httpClient, base, t, noop, rate, duration/4)
 			got, floor := measure(httpClient, base, t, noop, rate, duration)
+			p50 := float64(quantile(got, 50)) / float64(quantile(floor, 50))
+			p99 := float64(quantile(got, 99)) / float64(quantile(floor, 99))
 			fmt.Printf("| %s | %d | %s | %s | %s | %s | %s | %.2f× | %.2f× |\n", t.name, rate,
-				pct(got, 50), pct(got, 90), pct(got, 99), pct(floor, 50), pct(floor, 99),
-				float64(quantile(got, 50))/float64(quantile(floor, 50)), float64(quantile(got, 99))/float64(quantile(floor, 99)))
+				pct(got, 50), pct(got, 90), pct(got, 99), pct(floor, 50), pct(floor, 99), p50, p99)
+			v.p50 = v.p50 && p50 <= targetP50
+			v.p99 = v.p99 && p99 <= targetP99
+		}
+		verdicts = append(verdicts, v)
+	}
+	fmt.Printf("\n%s\n", verdictLine(verdicts))
+	return nil
+}
+
+// Issue 15's targets: a handler's p50 and p99 over the no-op's, in the same run.
+const targetP50, targetP99 = 1.5, 1.2
+
+// verdict is whether a handler met each target at every rate.
+type verdict struct {
+	handler  string
+	p50, p99 bool
+}
+
+func verdictLine(vs []verdict) string {
+	var p50, not50, p99, not99 []string
+	for _, v := range vs {
+		if v.p50 {
+			p50 = append(p50, v.handler)
+		} else {
+			not50 = append(not50, v.handler)
+		}
+		if v.p99 {
+			p99 = append(p99, v.handler)
+		} else {
+			not99 = append(not99, v.handler)
 		}
 	}
-	return nil
+	list := func(names []string) string {
+		if len(names) == 0 {
+			return "none"
+		}
+		return strings.Join(names, "; ")
+	}
+	return fmt.Sprintf("At every rate of this run, p50 ≤ %.1f× the no-op's: %s (not: %s). p99 ≤ %.1f×: %s (not: %s).",
+		targetP50, list(p50), list(not50), targetP99, list(p99), list(not99))
 }
 
 // measure sends rate requests a second for d, alternating target and no-op (rate/2 each), in an
