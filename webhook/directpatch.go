@@ -99,6 +99,19 @@ func directStatefulSetPatch(raw []byte, original, mutated *appsv1.StatefulSet) (
 	return w.ops, !w.failed
 }
 
+// directBindingPatch is directPodPatch for a Binding, of which brokerport changes only the
+// annotations (patches.MutateBinding).
+func directBindingPatch(original, mutated *corev1.Binding) (ops []jsonpatch.Operation, ok bool) {
+	a, b := *original, *mutated
+	a.Annotations, b.Annotations = nil, nil
+	if !reflect.DeepEqual(&a, &b) {
+		return nil, false
+	}
+	w := newPatchWriter()
+	w.stringMap("/metadata/annotations", original.Annotations, mutated.Annotations)
+	return w.ops, !w.failed
+}
+
 // podRestEqual tells whether original and mutated are the same outside the fields the walk
 // covers. Containers are compared one by one in containers().
 func podRestEqual(original, mutated *corev1.Pod) bool {

@@ -60,6 +60,8 @@ func decodedAs(t *testing.T, doc []byte, like any) string {
 		obj = &corev1.Pod{}
 	case *appsv1.StatefulSet:
 		obj = &appsv1.StatefulSet{}
+	case *corev1.Binding:
+		obj = &corev1.Binding{}
 	default:
 		t.Fatalf("unexpected %T", like)
 	}
@@ -87,7 +89,7 @@ func TestDirectPatchGolden(t *testing.T) {
 	for _, input := range inputs {
 		name := strings.TrimSuffix(filepath.Base(input), ".in.yaml")
 		c := readCase(t, input)
-		if c.Resource != "pods" && c.Resource != "statefulsets" {
+		if c.Resource != "pods" && c.Resource != "statefulsets" && c.Resource != "bindings" {
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
@@ -106,6 +108,8 @@ func TestDirectPatchGolden(t *testing.T) {
 					diffed = podDiffResponse(call.raw, original, call.mutated.(*corev1.Pod), "").Patches
 				case *appsv1.StatefulSet:
 					diffed = patchResponseFromRaw(call.raw, original, call.mutated.(*appsv1.StatefulSet), "").Patches
+				case *corev1.Binding:
+					diffed = patchResponse(original, call.mutated.(*corev1.Binding), "").Patches
 				}
 				assert.Equal(t, want, decodedAs(t, applyOps(t, call.raw, diffed), call.mutated), "diffed patch applied to the request")
 			}

@@ -112,6 +112,21 @@ func statefulSetPatchResponse(raw []byte, original, mutated *appsv1.StatefulSet,
 	return opsResponse(ops, unchanged)
 }
 
+// bindingPatchResponse is podPatchResponse for a Binding.
+func bindingPatchResponse(raw []byte, original, mutated *corev1.Binding, unchanged string) admission.Response {
+	if patchByDiff {
+		return patchResponse(original, mutated, unchanged)
+	}
+	ops, ok := directBindingPatch(original, mutated)
+	if observeDirect != nil {
+		observeDirect(raw, original, mutated, ops, ok)
+	}
+	if !ok {
+		return patchResponse(original, mutated, unchanged)
+	}
+	return opsResponse(ops, unchanged)
+}
+
 // opsResponse is the response PatchResponseFromRaw gives for ops.
 func opsResponse(ops []jsonpatch.JsonPatchOperation, unchanged string) admission.Response {
 	if len(ops) == 0 {
