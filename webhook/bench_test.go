@@ -126,7 +126,7 @@ func BenchmarkServiceHandler(b *testing.B) {
 		b.Fatal(err)
 	}
 	raw, _ = yaml.YAMLToJSON(raw)
-	runHandler(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1-external", raw), true)
+	diffVsDirect(b, h, benchRequest(admissionv1.Create, "redpanda", "redpanda-1-external", raw))
 }
 
 func BenchmarkBindingNotABroker(b *testing.B) {

@@ -164,7 +164,7 @@ func (h *BindingHandler) Handle(ctx context.Context, req admission.Request) admi
 		}
 		h.events.Eventf(pod, nil, corev1.EventTypeWarning, "HostTemplateFallback", "Bind", "broker %s: %s; fix the node's labels or %s on StatefulSet %s", pod.Name, addr.Fallback, patches.AnnotationHostTemplate, cluster)
 	}
-	return bindingPatchResponse(req.Object.Raw, binding, mutated, "the Binding already carries the address")
+	return directOrDiffResponse(req.Object.Raw, binding, mutated, directBindingPatch, "the Binding already carries the address")
 }
 
 // brokerPod reads the pod from the cache, or, when the cache has not seen it yet (it was created

@@ -112,6 +112,34 @@ func directBindingPatch(original, mutated *corev1.Binding) (ops []jsonpatch.Oper
 	return w.ops, !w.failed
 }
 
+// directServicePatch is directPodPatch for a Service, of which brokerport sets the type, the
+// external traffic policy and the ports' nodePorts (patches.MutateService). Its type is always
+// in the request: the API server defaults it before calling webhooks.
+func directServicePatch(original, mutated *corev1.Service) (ops []jsonpatch.Operation, ok bool) {
+	if len(original.Spec.Ports) != len(mutated.Spec.Ports) {
+		return nil, false
+	}
+	a, b := *original, *mutated
+	a.Spec.Type, b.Spec.Type = "", ""
+	a.Spec.ExternalTrafficPolicy, b.Spec.ExternalTrafficPolicy = "", ""
+	a.Spec.Ports, b.Spec.Ports = nil, nil
+	if !reflect.DeepEqual(&a, &b) {
+		return nil, false
+	}
+	w := newPatchWriter()
+	w.optionalString("/spec/type", string(original.Spec.Type), string(mutated.Spec.Type))
+	w.optionalString("/spec/externalTrafficPolicy", string(original.Spec.ExternalTrafficPolicy), string(mutated.Spec.ExternalTrafficPolicy))
+	for i := range original.Spec.Ports {
+		x, y := original.Spec.Ports[i], mutated.Spec.Ports[i]
+		x.NodePort = y.NodePort
+		if !reflect.DeepEqual(x, y) {
+			return nil, false
+		}
+		w.optionalNumber("/spec/ports/"+strconv.Itoa(i)+"/nodePort", original.Spec.Ports[i].NodePort, y.NodePort)
+	}
+	return w.ops, !w.failed
+}
+
 // podRestEqual tells whether original and mutated are the same outside the fields the walk
 // covers. Containers are compared one by one in containers().
 func podRestEqual(original, mutated *corev1.Pod) bool {
@@ -275,7 +303,7 @@ func envVar(w *patchWriter, p pointer, a, b *corev1.EnvVar) {
 	if a.Name != b.Name {
 		w.replace(p.at("/name"), b.Name)
 	}
-	w.optionalString(p, "/value", a.Value, b.Value)
+	w.optionalString(p.at("/value"), a.Value, b.Value)
 	switch {
 	case a.ValueFrom == nil && b.ValueFrom == nil:
 	case a.ValueFrom == nil:
@@ -285,7 +313,7 @@ func envVar(w *patchWriter, p pointer, a, b *corev1.EnvVar) {
 	case onlyFieldRef(a.ValueFrom) && onlyFieldRef(b.ValueFrom):
 		// The common case, brokerport's own variables among the pod's: field by field.
 		x, y := a.ValueFrom.FieldRef, b.ValueFrom.FieldRef
-		w.optionalString(p, "/valueFrom/fieldRef/apiVersion", x.APIVersion, y.APIVersion)
+		w.optionalString(p.at("/valueFrom/fieldRef/apiVersion"), x.APIVersion, y.APIVersion)
 		if x.FieldPath != y.FieldPath {
 			w.replace(p.at("/valueFrom/fieldRef/fieldPath"), y.FieldPath)
 		}
@@ -307,14 +335,7 @@ func containerPort(w *patchWriter, p pointer, a, b *corev1.ContainerPort) {
 		return
 	}
 	if x := *a; func() bool { x.HostPort = b.HostPort; return x == *b }() {
-		switch {
-		case a.HostPort == 0:
-			w.add(p.at("/hostPort"), number(b.HostPort))
-		case b.HostPort == 0:
-			w.remove(p.at("/hostPort"))
-		default:
-			w.replace(p.at("/hostPort"), number(b.HostPort))
-		}
+		w.optionalNumber(p.at("/hostPort"), a.HostPort, b.HostPort)
 		return
 	}
 	w.diffJSON(p.at(""), a, b)
@@ -327,15 +348,28 @@ func volume(w *patchWriter, p pointer, a, b *corev1.Volume) {
 }
 
 // optionalString diffs a string the encoding omits when empty.
-func (w *patchWriter) optionalString(p pointer, field, a, b string) {
+func (w *patchWriter) optionalString(path, a, b string) {
 	switch {
 	case a == b:
 	case a == "":
-		w.add(p.at(field), b)
+		w.add(path, b)
 	case b == "":
-		w.remove(p.at(field))
+		w.remove(path)
 	default:
-		w.replace(p.at(field), b)
+		w.replace(path, b)
+	}
+}
+
+// optionalNumber diffs a number the encoding omits when 0.
+func (w *patchWriter) optionalNumber(path string, a, b int32) {
+	switch {
+	case a == b:
+	case a == 0:
+		w.add(path, number(b))
+	case b == 0:
+		w.remove(path)
+	default:
+		w.replace(path, number(b))
 	}
 }
 

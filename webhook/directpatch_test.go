@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -62,6 +63,8 @@ func decodedAs(t *testing.T, doc []byte, like any) string {
 		obj = &appsv1.StatefulSet{}
 	case *corev1.Binding:
 		obj = &corev1.Binding{}
+	case *corev1.Service:
+		obj = &corev1.Service{}
 	default:
 		t.Fatalf("unexpected %T", like)
 	}
@@ -89,7 +92,7 @@ func TestDirectPatchGolden(t *testing.T) {
 	for _, input := range inputs {
 		name := strings.TrimSuffix(filepath.Base(input), ".in.yaml")
 		c := readCase(t, input)
-		if c.Resource != "pods" && c.Resource != "statefulsets" && c.Resource != "bindings" {
+		if !slices.Contains([]string{"pods", "statefulsets", "bindings", "services"}, c.Resource) {
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
@@ -110,6 +113,8 @@ func TestDirectPatchGolden(t *testing.T) {
 					diffed = patchResponseFromRaw(call.raw, original, call.mutated.(*appsv1.StatefulSet), "").Patches
 				case *corev1.Binding:
 					diffed = patchResponse(original, call.mutated.(*corev1.Binding), "").Patches
+				case *corev1.Service:
+					diffed = patchResponse(original, call.mutated.(*corev1.Service), "").Patches
 				}
 				assert.Equal(t, want, decodedAs(t, applyOps(t, call.raw, diffed), call.mutated), "diffed patch applied to the request")
 			}
@@ -304,4 +309,61 @@ func TestAppendEnvIsTheEncoding(t *testing.T) {
 	assert.Equal(t, "kept", string(got))
 	_, ok = appendEnv(nil, &corev1.Container{})
 	assert.False(t, ok)
+}
+
+// TestDirectServicePatch: the type, the traffic policy and the nodePorts brokerport sets, as the
+// diff would give them, with fields our structs do not know kept; any other change falls back to
+// the diff.
+func TestDirectServicePatch(t *testing.T) {
+	raw := []byte(`{"apiVersion":"v1","kind":"Service","metadata":{"name":"k-1-external"},"spec":{"type":"ClusterIP","futureSpec":"keep",` +
+		`"ports":[{"name":"kafka","port":9094,"nodePort":30004,"futurePort":"p"},{"name":"http","port":8082}]}}`)
+	svc := &corev1.Service{}
+	require.NoError(t, json.Unmarshal(raw, svc))
+	mutated := svc.DeepCopy()
+	mutated.Spec.Type = corev1.ServiceTypeNodePort
+	mutated.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	mutated.Spec.Ports[1].NodePort = 30005
+
+	ops, ok := directServicePatch(svc, mutated)
+	require.True(t, ok)
+	got := make([]string, len(ops))
+	for i, op := range ops {
+		got[i] = op.Json()
+	}
+	assert.Equal(t, []string{
+		`{"op":"replace","path":"/spec/type","value":"NodePort"}`,
+		`{"op":"add","path":"/spec/externalTrafficPolicy","value":"Local"}`,
+		`{"op":"add","path":"/spec/ports/1/nodePort","value":30005}`,
+	}, got)
+	out := applyOps(t, raw, ops)
+	assert.Equal(t, encoded(t, mutated), decodedAs(t, out, mutated))
+	assert.Contains(t, string(out), `"futureSpec":"keep"`)
+	assert.Contains(t, string(out), `"futurePort":"p"`)
+
+	renamed := mutated.DeepCopy()
+	renamed.Spec.Ports[0].Name = "other"
+	_, ok = directServicePatch(svc, renamed)
+	assert.False(t, ok, "a change to a port other than its nodePort")
+	labeled := mutated.DeepCopy()
+	labeled.Labels = map[string]string{"a": "b"}
+	_, ok = directServicePatch(svc, labeled)
+	assert.False(t, ok, "a change outside the spec fields brokerport sets")
+}
+
+// TestDirectBindingPatch: the annotations brokerport adds to a Binding, escaped; any other
+// change falls back to the diff.
+func TestDirectBindingPatch(t *testing.T) {
+	binding := &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Name: "k-0", Annotations: map[string]string{"theirs": "x"}},
+		Target: corev1.ObjectReference{Kind: "Node", Name: "n1"}}
+	mutated := binding.DeepCopy()
+	mutated.Annotations[patches.AnnotationHost] = "203.0.113.2"
+	ops, ok := directBindingPatch(binding, mutated)
+	require.True(t, ok)
+	require.Len(t, ops, 1)
+	assert.Equal(t, `{"op":"add","path":"/metadata/annotations/brokerport.io~1host","value":"203.0.113.2"}`, ops[0].Json())
+
+	retargeted := mutated.DeepCopy()
+	retargeted.Target.Name = "n2"
+	_, ok = directBindingPatch(binding, retargeted)
+	assert.False(t, ok, "a change outside the annotations")
 }

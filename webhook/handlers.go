@@ -288,7 +288,7 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 			return denied(serviceKind, objectName(req, svc.Name), errs)
 		}
 	}
-	return patchResponse(svc, mutated, "already as brokerport wants it")
+	return directOrDiffResponse(req.Object.Raw, svc, mutated, directServicePatch, "already as brokerport wants it")
 }
 
 // EventHandler is for the informer of opted-in StatefulSets: a block assigned moments ago is

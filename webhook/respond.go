@@ -112,12 +112,13 @@ func statefulSetPatchResponse(raw []byte, original, mutated *appsv1.StatefulSet,
 	return opsResponse(ops, unchanged)
 }
 
-// bindingPatchResponse is podPatchResponse for a Binding.
-func bindingPatchResponse(raw []byte, original, mutated *corev1.Binding, unchanged string) admission.Response {
+// directOrDiffResponse is podPatchResponse for the Binding and the Service, whose mutations
+// touch only fields the encoding of the request has: the fallback diffs the encodings.
+func directOrDiffResponse[T any](raw []byte, original, mutated *T, direct func(original, mutated *T) ([]jsonpatch.Operation, bool), unchanged string) admission.Response {
 	if patchByDiff {
 		return patchResponse(original, mutated, unchanged)
 	}
-	ops, ok := directBindingPatch(original, mutated)
+	ops, ok := direct(original, mutated)
 	if observeDirect != nil {
 		observeDirect(raw, original, mutated, ops, ok)
 	}
