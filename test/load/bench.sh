@@ -17,12 +17,13 @@ Realistic input: a pod as the Redpanda chart creates it (two init containers, tw
 ~20 env vars, volumes, probes), a StatefulSet opting in, a broker Service, a binding of a pod that
 is not a broker and one of a broker, read from caches kept as the manager keeps them
 (\`test/cachedreader\`: the real \`CacheOptions()\` selectors and transforms, deep copies on
-read). The pod and StatefulSet handlers run both ways side by side: \`/diff\` (marshal and diff,
-the fallback) and \`/direct\` (the patch built from what brokerport changes). The no-op handler is
-the floor. \`BenchmarkDecodePod\` is the pod's decoding three ways: controller-runtime's decoder,
-the JSON library under it alone, and \`decode\` (encoding/json/v2's implementation, one pass),
-which the handlers use. \`BenchmarkEncodePatch\` is sending the pod's patch: controller-runtime's
-\`json.Marshal\` of the operations against \`encodePatch\`, which writes the same bytes.
+read). The pod, StatefulSet, Service and broker binding handlers run both ways side by side:
+\`/diff\` (marshal and diff, the fallback) and \`/direct\` (the patch built from what brokerport
+changes). The no-op handler is the floor. \`BenchmarkDecodePod\` is the pod's decoding three
+ways: controller-runtime's decoder, the JSON library under it alone, and \`decode\`
+(encoding/json/v2's implementation, one pass), which the handlers use. \`BenchmarkEncodePatch\`
+is sending the pod's patch: controller-runtime's \`json.Marshal\` of the operations against
+\`encodePatch\`, which writes the same bytes.
 
 \`\`\`
 HEAD
