@@ -113,8 +113,8 @@ func directBindingPatch(original, mutated *corev1.Binding) (ops []jsonpatch.Oper
 }
 
 // directServicePatch is directPodPatch for a Service, of which brokerport sets the type, the
-// external traffic policy and the ports' nodePorts (patches.MutateService). Its type is always
-// in the request: the API server defaults it before calling webhooks.
+// external traffic policy and the ports' nodePorts (patches.MutateService). The paths assume the
+// request has a spec, as every Service the API server sends does (it defaults it first).
 func directServicePatch(original, mutated *corev1.Service) (ops []jsonpatch.Operation, ok bool) {
 	if len(original.Spec.Ports) != len(mutated.Spec.Ports) {
 		return nil, false
