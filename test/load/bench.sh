@@ -137,10 +137,10 @@ cat "$tp"
 cat <<FOOTPRINT
 
 Without the client limit the 2-core machine (etcd, the API server, the scheduler, kwok and
-brokerport on two cores) is the bound, and the phases vary run to run by ±20% with no pattern: in an
-earlier run with 1,500 pods per phase (c)/(a) read 1.003 and (b)/(a) 1.240. With 0 calls in (c)
-nothing of brokerport's is in its binding path; the goal is read at the scheduler's own limit,
-above.
+brokerport on two cores) is the bound, and the ratios move by up to 0.2 from one run to the next
+with no pattern: an earlier run with 1,500 pods per phase read (c)/(a) 1.003 and (b)/(a) 1.240.
+With 0 calls in (c) nothing of brokerport's is in its binding path; the goal is read at the
+scheduler's own limit, above.
 
 brokerport's own footprint idle with 5,000 kwok nodes in its caches, after the first three phases
 above, in the same process (the 100-broker rollout's is under "100 brokers on a real control
