@@ -15,17 +15,7 @@ import (
 
 // BenchmarkPodPatch is the patch alone, diffed and direct, for the bench pod with the gate.
 func BenchmarkPodPatch(b *testing.B) {
-	raw := benchInput(b, "testdata/bench/pod-redpanda.yaml")
-	pod := &corev1.Pod{}
-	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, pod); err != nil {
-		b.Fatal(err)
-	}
-	opts := patches.DefaultOptions()
-	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
-	mutated := pod.DeepCopy()
-	if errs := patches.MutatePod(mutated, nil, opts); len(errs) > 0 {
-		b.Fatal(errs)
-	}
+	raw, pod, mutated := benchGatedPod(b)
 	b.Run("diff", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -51,17 +41,7 @@ func BenchmarkPodPatch(b *testing.B) {
 // BenchmarkEncodePatch is the pod's patch as sent: json.Marshal of the operations, as
 // controller-runtime's Response.Complete does, against encodePatch (sendPatch).
 func BenchmarkEncodePatch(b *testing.B) {
-	raw := benchInput(b, "testdata/bench/pod-redpanda.yaml")
-	pod := &corev1.Pod{}
-	if err := decode(runtime.RawExtension{Raw: raw}, pod, podGVK); err != nil {
-		b.Fatal(err)
-	}
-	opts := patches.DefaultOptions()
-	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
-	mutated := pod.DeepCopy()
-	if errs := patches.MutatePod(mutated, nil, opts); len(errs) > 0 {
-		b.Fatal(errs)
-	}
+	_, pod, mutated := benchGatedPod(b)
 	ops, ok := directPodPatch(pod, mutated)
 	if !ok {
 		b.Fatal("fell back")
@@ -116,4 +96,22 @@ func BenchmarkDecodePod(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchGatedPod is the bench pod as sent, decoded, and mutated as the pod handler does with the
+// gate (the manifests set --gate-image).
+func benchGatedPod(b *testing.B) (raw []byte, pod, mutated *corev1.Pod) {
+	b.Helper()
+	raw = benchInput(b, "testdata/bench/pod-redpanda.yaml")
+	pod = &corev1.Pod{}
+	if err := decode(runtime.RawExtension{Raw: raw}, pod, podGVK); err != nil {
+		b.Fatal(err)
+	}
+	opts := patches.DefaultOptions()
+	opts.GateImage = "ghcr.io/brokerport/brokerport:v0.1.0"
+	mutated = pod.DeepCopy()
+	if errs := patches.MutatePod(mutated, nil, opts); len(errs) > 0 {
+		b.Fatal(errs)
+	}
+	return raw, pod, mutated
 }

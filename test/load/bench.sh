@@ -59,9 +59,10 @@ Where a handler's time goes, through the server: \`go run ./test/load -only pod 
 put the pod handler at about 0.5 ms of CPU per request in situ (twice its hot-loop figure above),
 half of it decoding the 20 kB pod, against the no-op's 0.16 ms for controller-runtime decoding the
 AdmissionReview, which holds the same pod; with the load client on the same two cores the wall
-time added at p50 is about twice the CPU. A higher GOGC changes nothing measurable. Meeting p50
-≤ 1.5× for the pod and StatefulSet handlers would take decoding the AdmissionReview and its
-object in one pass, with a request handler of brokerport's instead of controller-runtime's
+time added at p50 is about twice the CPU. A higher GOGC changes nothing measurable (\`GOGC=400 go
+run ./test/load -only o -rates 500,1000\`: pod and StatefulSet p50 ratios within 0.2 of GOGC=100's).
+Meeting p50 ≤ 1.5× for the pod and StatefulSet handlers would take decoding the AdmissionReview
+and its object in one pass, with a request handler of brokerport's instead of controller-runtime's
 \`admission.Webhook\` — which the house style rules out (STYLE.md: controller-runtime's
 \`http.go\` does the AdmissionReview decoding); see issue 15.
 LOADEND
