@@ -78,6 +78,35 @@ var securityProtocols = []string{"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL
 // maxEchoed is how much of a user-written value a denial repeats (see clip).
 const maxEchoed = 64
 
+// Bounds on what a StatefulSet's configuration may ask for. ParseConfig checks them, so that the
+// StatefulSet webhook denies a configuration past one (naming the annotation and the bound), and
+// so that whatever reads a configuration (every admission, the controller, the probe) does work
+// bounded by them, not by what a tenant wrote.
+const (
+	// MaxListeners bounds brokerport.io/listeners: a Kafka broker serves a handful of listeners
+	// (the Redpanda chart four: kafka, http, schema-registry, admin). Each listener is a port per
+	// broker, an environment variable per container and, with the loadbalancer strategy, a
+	// Service port per broker.
+	MaxListeners = 16
+	// maxConfigValue bounds the value of every configuration annotation but
+	// brokerport.io/service-annotations (maxServiceAnnotations): the longest sensible value, 16
+	// listeners of 15-character names, is under 400 bytes. The API server's own bound is 256 KiB
+	// for all annotations together, too much to parse on every admission.
+	maxConfigValue = 1024
+)
+
+// valueLimit is the most bytes the value of configuration annotation key may have.
+func valueLimit(key string) int {
+	if key == AnnotationServiceAnnotations {
+		return maxServiceAnnotations
+	}
+	return maxConfigValue
+}
+
+// boundedKeys are the annotations whose size ParseConfig checks: the configuration annotations
+// and the loadbalancer strategy's choice of nodePorts (read from the StatefulSet only).
+var boundedKeys = append(slices.Clone(configAnnotations), AnnotationAllocateLoadBalancerNodePorts)
+
 // clipPart is clip for a part of a value that the detail repeats after the value itself: a part
 // of a usual size in full, a longer one as a stub, so that an error stays under 300 bytes.
 func clipPart(s string) string {
@@ -125,6 +154,10 @@ type Config struct {
 	// (StrategyLoadBalancer only).
 	ServiceAnnotations    map[string]string
 	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy
+	// NoNodePorts: the LoadBalancer Services ask for no nodePorts
+	// (allocateLoadBalancerNodePorts: false), as a load balancer that routes to the pods
+	// directly allows.
+	NoNodePorts bool
 	// TLSIssuer, when set, has each broker's certificate issued by cert-manager.
 	TLSIssuer *IssuerRef
 }
@@ -178,16 +211,32 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 	invalid := func(key, value, detail string) {
 		errs = append(errs, field.Invalid(path.Key(key), clip(value, maxEchoed), detail))
 	}
+	// A value past its size bound is reported and not read further: get does not give it.
+	oversized := 0
+	for _, key := range boundedKeys {
+		if v, ok := annotations[key]; ok && len(v) > valueLimit(key) {
+			invalid(key, v, fmt.Sprintf("is %d bytes; at most %d", len(v), valueLimit(key)))
+			oversized++
+		}
+	}
+	get := func(key string) (string, bool) {
+		v, ok := annotations[key]
+		if oversized > 0 && ok && len(v) > valueLimit(key) {
+			return "", false
+		}
+		return v, ok
+	}
 
-	if v, ok := annotations[AnnotationListeners]; ok {
-		listeners, err := parseListeners(v)
-		if err != nil {
+	if v, ok := get(AnnotationListeners); ok {
+		if n := strings.Count(v, ",") + 1; n > MaxListeners {
+			invalid(AnnotationListeners, v, fmt.Sprintf("names %d listeners; at most %d", n, MaxListeners))
+		} else if listeners, err := parseListeners(v); err != nil {
 			invalid(AnnotationListeners, v, err.Error())
 		} else {
 			cfg.Listeners = listeners
 		}
 	}
-	if v, ok := annotations[AnnotationPortBase]; ok {
+	if v, ok := get(AnnotationPortBase); ok {
 		n, err := strconv.ParseInt(v, 10, 32)
 		if err != nil || n < 1 || n > 65535 {
 			invalid(AnnotationPortBase, v, "must be a port number from 1 to 65535; remove it to have a free block assigned")
@@ -195,7 +244,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			cfg.PortBase = int32(n)
 		}
 	}
-	if v, ok := annotations[AnnotationMaxBrokers]; ok {
+	if v, ok := get(AnnotationMaxBrokers); ok {
 		n, err := strconv.ParseInt(v, 10, 32)
 		if err != nil || n < 1 || n > 1000 {
 			invalid(AnnotationMaxBrokers, v, "must be a whole number from 1 to 1000")
@@ -203,7 +252,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			cfg.MaxBrokers = int32(n)
 		}
 	}
-	if v, ok := annotations[AnnotationAddressTypes]; ok {
+	if v, ok := get(AnnotationAddressTypes); ok {
 		types, err := parseAddressTypes(v)
 		if err != nil {
 			invalid(AnnotationAddressTypes, v, err.Error())
@@ -211,7 +260,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			cfg.AddressTypes = types
 		}
 	}
-	if v, ok := annotations[AnnotationHostTemplate]; ok {
+	if v, ok := get(AnnotationHostTemplate); ok {
 		tmpl, err := ParseHostTemplate(v)
 		if err != nil {
 			invalid(AnnotationHostTemplate, v, err.Error()+"; e.g. {{.Node}}.nodes.example.com")
@@ -219,21 +268,21 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			cfg.HostTemplate = tmpl
 		}
 	}
-	if v, ok := annotations[AnnotationAdvertiseEnv]; ok {
+	if v, ok := get(AnnotationAdvertiseEnv); ok {
 		if msgs := validation.IsEnvVarName(v); len(msgs) > 0 || strings.HasPrefix(v, EnvPrefix) {
 			invalid(AnnotationAdvertiseEnv, v, "must name an environment variable of the broker container (letters, digits and '_', not starting with a digit), not brokerport's own BROKERPORT_*")
 		} else {
 			cfg.AdvertiseEnv = v
 		}
 	}
-	if v, ok := annotations[AnnotationContainer]; ok {
+	if v, ok := get(AnnotationContainer); ok {
 		if msgs := validation.IsDNS1123Label(v); len(msgs) > 0 {
 			invalid(AnnotationContainer, v, "must be the name of a container of the pod (a DNS-1123 label)")
 		} else {
 			cfg.Container = v
 		}
 	}
-	if v, ok := annotations[AnnotationFlavor]; ok {
+	if v, ok := get(AnnotationFlavor); ok {
 		switch f := Flavor(v); f {
 		case FlavorKafka, FlavorBitnami, FlavorRedpanda:
 			cfg.Flavor = f
@@ -241,14 +290,14 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			invalid(AnnotationFlavor, v, `accepted values: "kafka" (Apache Kafka images, KAFKA_*), "bitnami" (KAFKA_CFG_*), "redpanda" (the Redpanda chart)`)
 		}
 	}
-	if v, ok := annotations[AnnotationListenerName]; ok {
+	if v, ok := get(AnnotationListenerName); ok {
 		if !isKafkaListenerName(v) {
 			invalid(AnnotationListenerName, v, "must be a Kafka listener name: upper-case letters, digits and '_', starting with a letter")
 		} else {
 			cfg.ListenerName = v
 		}
 	}
-	if v, ok := annotations[AnnotationTLSIssuer]; ok {
+	if v, ok := get(AnnotationTLSIssuer); ok {
 		if issuer, err := parseIssuer(v); err != nil {
 			invalid(AnnotationTLSIssuer, v, err.Error())
 		} else {
@@ -256,7 +305,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 			cfg.SecurityProtocol = "SSL" // the certificate is for a TLS listener
 		}
 	}
-	if v, ok := annotations[AnnotationSecurityProtocol]; ok {
+	if v, ok := get(AnnotationSecurityProtocol); ok {
 		switch {
 		case !slices.Contains(securityProtocols, v):
 			invalid(AnnotationSecurityProtocol, v, "accepted values: "+strings.Join(securityProtocols, ", "))
@@ -267,7 +316,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 		}
 	}
 
-	if v, ok := annotations[AnnotationIPFamily]; ok {
+	if v, ok := get(AnnotationIPFamily); ok {
 		switch f := IPFamily(v); f {
 		case IPv4, IPv6:
 			cfg.IPFamily = f
@@ -276,7 +325,7 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 		}
 	}
 
-	parseStrategy(annotations, &cfg, invalid)
+	parseStrategy(get, &cfg, invalid)
 
 	if cfg.TLSIssuer != nil && cfg.Flavor == FlavorBitnami {
 		// Bitnami's start-up validation (libkafka.sh) requires its own keystore files in its
@@ -301,9 +350,14 @@ func ParseConfig(annotations map[string]string, path *field.Path, opts Options) 
 	return cfg, errs
 }
 
+// parseListeners reads name=containerPort pairs in one pass: names and ports already seen are
+// kept in sets, so that its cost is linear in the number of listeners.
 func parseListeners(v string) ([]Listener, error) {
-	var out []Listener
-	for _, item := range strings.Split(v, ",") {
+	n := strings.Count(v, ",") + 1
+	out := make([]Listener, 0, n)
+	names := make(map[string]struct{}, n)
+	ports := make(map[int32]string, n)
+	for item := range strings.SplitSeq(v, ",") {
 		name, portText, ok := strings.Cut(strings.TrimSpace(item), "=")
 		if !ok {
 			return nil, fmt.Errorf(`%q has no '='; want name=containerPort pairs separated by commas, e.g. "kafka=9094,http=8083"`, clipPart(item))
@@ -315,14 +369,14 @@ func parseListeners(v string) ([]Listener, error) {
 		if err != nil || port < 1 || port > 65535 {
 			return nil, fmt.Errorf("listener %q: containerPort %q is not a port number from 1 to 65535", name, clipPart(portText))
 		}
-		for _, seen := range out {
-			if seen.Name == name {
-				return nil, fmt.Errorf("listener %q is named twice", name)
-			}
-			if seen.ContainerPort == int32(port) {
-				return nil, fmt.Errorf("listeners %q and %q share containerPort %d", seen.Name, name, port)
-			}
+		if _, seen := names[name]; seen {
+			return nil, fmt.Errorf("listener %q is named twice", name)
 		}
+		if seen, taken := ports[int32(port)]; taken {
+			return nil, fmt.Errorf("listeners %q and %q share containerPort %d", seen, name, port)
+		}
+		names[name] = struct{}{}
+		ports[int32(port)] = name
 		out = append(out, Listener{Name: name, ContainerPort: int32(port)})
 	}
 	return out, nil

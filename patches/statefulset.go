@@ -90,7 +90,8 @@ func assignPortBlock(sts *appsv1.StatefulSet, cfg *Config, inUse PortSet, opts O
 	return nil
 }
 
-// CheckReplicas refuses more brokers than the StatefulSet's block holds.
+// CheckReplicas refuses more brokers than the StatefulSet's block holds, and, under the
+// loadbalancer strategy (no block), more load-balancer ports than MaxLoadBalancerPorts.
 func CheckReplicas(sts *appsv1.StatefulSet, cfg Config) *field.Error {
 	last := lastOrdinal(sts)
 	if last >= maxBrokersLimit {
@@ -98,7 +99,19 @@ func CheckReplicas(sts *appsv1.StatefulSet, cfg Config) *field.Error {
 			"broker ordinal %d (spec.ordinals.start + spec.replicas - 1) is past the %d brokers any port block can hold (%s); lower spec.ordinals.start or spec.replicas",
 			last, maxBrokersLimit, AnnotationMaxBrokers))
 	}
-	if last >= int64(cfg.MaxBrokers) && !cfg.LoadBalanced() {
+	if cfg.LoadBalanced() {
+		replicas := int64(1)
+		if sts.Spec.Replicas != nil {
+			replicas = int64(*sts.Spec.Replicas)
+		}
+		if ports := replicas * int64(len(cfg.Listeners)); ports > MaxLoadBalancerPorts {
+			return field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
+				"%d brokers × %d listeners (%s) ask for %d load-balancer ports; %s=%s allows at most %d per StatefulSet (each is a LoadBalancer Service port, and a nodePort of the cluster's NodePort range unless %s is \"false\"): lower spec.replicas or the number of listeners",
+				replicas, len(cfg.Listeners), AnnotationListeners, ports, AnnotationStrategy, StrategyLoadBalancer, MaxLoadBalancerPorts, AnnotationAllocateLoadBalancerNodePorts))
+		}
+		return nil
+	}
+	if last >= int64(cfg.MaxBrokers) {
 		return field.Forbidden(field.NewPath("spec", "replicas"), fmt.Sprintf(
 			"broker ordinal %d would be past the %d brokers the port block %s holds; raise %s and remove %s so that a larger block is assigned (the brokers roll onto new ports)",
 			last, cfg.MaxBrokers, cfg.Block(), AnnotationMaxBrokers, AnnotationPortBase))

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/ptr"
 )
 
 // The loadbalancer strategy: each broker gets a LoadBalancer Service of its own (the usual way
@@ -20,11 +21,28 @@ import (
 // are a few short keys, and every broker's Service carries a copy.
 const maxServiceAnnotations = 4096
 
+// MaxLoadBalancerPorts bounds replicas × listeners under the loadbalancer strategy: each is a
+// port of a LoadBalancer Service, and (unless the Services ask for none) a nodePort the API server
+// allocates from its NodePort range, shared by the whole cluster. The default range holds 2,768
+// ports, and when its upper part is full the API server allocates from the static band
+// brokerport's blocks come from. 256 is under a tenth of that range, and room for 64 brokers of
+// 4 listeners or 256 of one; no port block bounds this strategy, so this does.
+const MaxLoadBalancerPorts = 256
+
+// AnnotationAllocateLoadBalancerNodePorts (loadbalancer), "false", has the broker Services ask
+// for no nodePorts (allocateLoadBalancerNodePorts: false): right for a load balancer that routes
+// to the pods themselves (MetalLB, the AWS Load Balancer Controller in ip mode, Cilium), wrong for
+// one that routes to nodePorts (most cloud providers' defaults), so the StatefulSet says which.
+// Read from the StatefulSet only: the pods need nothing of it. Also recorded on each Service it
+// shapes, where brokerport's cache sees it (the cache keeps no Service's allocation field).
+const AnnotationAllocateLoadBalancerNodePorts = "brokerport.io/allocate-load-balancer-node-ports"
+
 // parseStrategy reads the strategy and the annotations that only the loadbalancer strategy reads;
-// each is reported at most once, for what is wrong with it first.
-func parseStrategy(annotations map[string]string, cfg *Config, invalid func(key, value, detail string)) {
+// each is reported at most once, for what is wrong with it first. get gives an annotation's
+// value (none past its size bound).
+func parseStrategy(get func(key string) (string, bool), cfg *Config, invalid func(key, value, detail string)) {
 	known := true
-	if v, ok := annotations[AnnotationStrategy]; ok {
+	if v, ok := get(AnnotationStrategy); ok {
 		switch s := Strategy(v); s {
 		case StrategyNodePort, StrategyLoadBalancer:
 			cfg.Strategy = s
@@ -44,7 +62,7 @@ func parseStrategy(annotations map[string]string, cfg *Config, invalid func(key,
 		}
 		return true
 	}
-	if v, ok := annotations[AnnotationExternalTrafficPolicy]; ok {
+	if v, ok := get(AnnotationExternalTrafficPolicy); ok {
 		switch p := corev1.ServiceExternalTrafficPolicy(v); p {
 		case corev1.ServiceExternalTrafficPolicyLocal, corev1.ServiceExternalTrafficPolicyCluster:
 			if lbOnly(AnnotationExternalTrafficPolicy, v) {
@@ -54,7 +72,7 @@ func parseStrategy(annotations map[string]string, cfg *Config, invalid func(key,
 			invalid(AnnotationExternalTrafficPolicy, v, `accepted values: "Local" (the default: no second hop, the client's address kept), "Cluster"`)
 		}
 	}
-	if v, ok := annotations[AnnotationServiceAnnotations]; ok {
+	if v, ok := get(AnnotationServiceAnnotations); ok {
 		parsed, err := parseServiceAnnotations(v)
 		if err != nil {
 			invalid(AnnotationServiceAnnotations, v, err.Error())
@@ -62,12 +80,20 @@ func parseStrategy(annotations map[string]string, cfg *Config, invalid func(key,
 			cfg.ServiceAnnotations = parsed
 		}
 	}
+	if v, ok := get(AnnotationAllocateLoadBalancerNodePorts); ok {
+		switch v {
+		case "true", "false":
+			if lbOnly(AnnotationAllocateLoadBalancerNodePorts, v) {
+				cfg.NoNodePorts = v == "false"
+			}
+		default:
+			invalid(AnnotationAllocateLoadBalancerNodePorts, v, `accepted values: "true" (the default: the load balancer routes to nodePorts), "false" (it routes to the pods: MetalLB, the AWS Load Balancer Controller in ip mode)`)
+		}
+	}
 }
 
+// parseServiceAnnotations reads a value within maxServiceAnnotations (ParseConfig's bound).
 func parseServiceAnnotations(v string) (map[string]string, error) {
-	if len(v) > maxServiceAnnotations {
-		return nil, fmt.Errorf("is %d bytes; at most %d", len(v), maxServiceAnnotations)
-	}
 	var m map[string]string
 	if err := json.Unmarshal([]byte(v), &m); err != nil {
 		return nil, fmt.Errorf(`must be a JSON object of strings, e.g. {"service.beta.kubernetes.io/aws-load-balancer-type":"nlb"}`)
@@ -94,13 +120,36 @@ func loadBalancerSpec(svc *corev1.Service, cfg Config) {
 		svc.Spec.Ports[i].NodePort = 0
 	}
 	if len(cfg.ServiceAnnotations) > 0 {
-		svc.Annotations = make(map[string]string, len(cfg.ServiceAnnotations)+1)
+		svc.Annotations = make(map[string]string, len(cfg.ServiceAnnotations)+2)
 		for k, v := range cfg.ServiceAnnotations {
 			svc.Annotations[k] = v
 		}
 		recorded, _ := json.Marshal(cfg.ServiceAnnotations) // keys sorted: the same map, the same text
 		svc.Annotations[AnnotationServiceAnnotations] = string(recorded)
 	}
+	if cfg.NoNodePorts {
+		svc.Spec.AllocateLoadBalancerNodePorts = ptr.To(false)
+		svc.Annotations = setKey(svc.Annotations, AnnotationAllocateLoadBalancerNodePorts, "false")
+	}
+}
+
+// AsksNoNodePorts tells whether a broker Service was made to hold no nodePorts, as recorded on
+// it (its allocateLoadBalancerNodePorts field is not in brokerport's cache).
+func AsksNoNodePorts(svc *corev1.Service) bool {
+	return svc.Annotations[AnnotationAllocateLoadBalancerNodePorts] == "false"
+}
+
+// BandNodePorts are the ports of a Service whose nodePort lies in brokerport's band: for a
+// broker's LoadBalancer Service, ones the API server allocated there because the rest of its
+// NodePort range was full (the Service webhook sees none at creation, before allocation).
+func BandNodePorts(svc *corev1.Service, band PortRange) []corev1.ServicePort {
+	var out []corev1.ServicePort
+	for _, p := range svc.Spec.Ports {
+		if p.NodePort >= band.First && p.NodePort <= band.Last {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // PassedAnnotations are the annotation keys brokerport passed to a broker Service, as recorded
@@ -202,5 +251,8 @@ func mutateLoadBalancerService(svc *corev1.Service, cfg Config) field.ErrorList 
 	}
 	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
 	svc.Spec.ExternalTrafficPolicy = cfg.ExternalTrafficPolicy
+	if cfg.NoNodePorts {
+		svc.Spec.AllocateLoadBalancerNodePorts = ptr.To(false)
+	}
 	return nil
 }

@@ -66,7 +66,18 @@ func TestBadInputCatalog(t *testing.T) {
 		body    string
 		code    int32
 		want    string // in the message
+		bound   string // also in the message: the bound a tenant-sized input is past
 	}{
+		// Tenant-sized inputs (issue 27, item 5): each bounded whatever the strategy, the denial
+		// naming the annotation or field and the bound.
+		"250 KiB of listeners (21,402)":            {handler: sets, body: stsJSON("kafka", `"brokerport.io/listeners":"`+manyListeners(21402)+`"`, 1), code: 422, want: "metadata.annotations[brokerport.io/listeners]", bound: "bytes; at most 1024"},
+		"17 listeners":                             {handler: sets, body: stsJSON("kafka", `"brokerport.io/listeners":"`+manyListeners(17)+`"`, 1), code: 422, want: "metadata.annotations[brokerport.io/listeners]", bound: "names 17 listeners; at most 16"},
+		"17 listeners, loadbalancer":               {handler: sets, body: stsJSON("kafka", `"brokerport.io/strategy":"loadbalancer","brokerport.io/listeners":"`+manyListeners(17)+`"`, 1), code: 422, want: "metadata.annotations[brokerport.io/listeners]", bound: "at most 16"},
+		"loadbalancer, 1000 brokers × 3 listeners": {handler: sets, body: stsJSON("kafka", `"brokerport.io/strategy":"loadbalancer","brokerport.io/listeners":"kafka=9094,http=8083,admin=9644"`, 1000), code: 422, want: "spec.replicas", bound: "3000 load-balancer ports; brokerport.io/strategy=loadbalancer allows at most 256"},
+		"host template of 2 KiB":                   {handler: sets, body: stsJSON("kafka", `"brokerport.io/host-template":"`+strings.Repeat("{{.Node}}", 228)+`"`, 1), code: 422, want: "metadata.annotations[brokerport.io/host-template]", bound: "at most 1024"},
+		"service annotations of 8 KiB":             {handler: sets, body: stsJSON("kafka", `"brokerport.io/strategy":"loadbalancer","brokerport.io/service-annotations":"{\"a\":\"`+strings.Repeat("x", 8<<10)+`\"}"`, 1), code: 422, want: "metadata.annotations[brokerport.io/service-annotations]", bound: "at most 4096"},
+		"listeners past the bound on a pod":        {handler: pods, body: brokerPodJSON("kafka-0", `,"brokerport.io/listeners":"`+manyListeners(17)+`"`, ""), code: 422, want: "metadata.annotations[brokerport.io/listeners]", bound: "at most 16"},
+
 		"malformed JSON":                        {handler: pods, body: `{"kind":"Pod",`, code: 400, want: "decoding Pod"},
 		"wrong kind":                            {handler: pods, body: `{"apiVersion":"v1","kind":"Service","metadata":{"name":"x"}}`, code: 400, want: "decoding Pod"},
 		"a list where an object is":             {handler: sets, body: `{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":[]}`, code: 400, want: "decoding StatefulSet"},
@@ -104,10 +115,24 @@ func TestBadInputCatalog(t *testing.T) {
 			assert.Equal(t, tc.code == 200, resp.Allowed)
 			assert.Empty(t, resp.Patches, "a refused request changes nothing")
 			assert.Contains(t, resp.Result.Message, tc.want)
+			assert.Contains(t, resp.Result.Message, tc.bound)
 			assert.NotContains(t, resp.Result.Message, secretValue, "an answer repeats the object's data")
 		})
 	}
 	assert.NotContains(t, logs.String(), secretValue, "the logs hold the object's data")
+}
+
+// manyListeners is a brokerport.io/listeners value of n distinct, valid listeners
+// ("l0=1,l1=2,..."): 21,402 of them make the 250 KiB annotation once admitted.
+func manyListeners(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "l%d=%d", i, i+1)
+	}
+	return b.String()
 }
 
 func stsJSON(name, annotations string, replicas int) string {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/brokerport/brokerport/patches"
@@ -50,16 +51,28 @@ func newHandler(snapshot Snapshot, opts patches.Options) handler {
 type StatefulSetHandler struct {
 	handler
 	// assigning serialises block assignment, and recent holds the blocks this process assigned
-	// until the cache has caught up, so that StatefulSets labeled at the same moment never get
-	// the same block.
+	// to requests until the cache shows them stored (or it is seen that they were not), so that
+	// StatefulSets labeled at the same moment never get the same block.
 	assigning sync.Mutex
 	recent    recentBlocks
+	// blocks caches the block each opted-in StatefulSet holds, by version.
+	blocks *BlockCache
 	// Events, when set, records a Warning when no port block is free.
 	Events events.EventRecorder
 }
 
+// NewStatefulSetHandler serves snapshot's StatefulSets. A ReaderSnapshot without a BlockCache is
+// given one, so that admissions parse each version of an opted-in StatefulSet once.
 func NewStatefulSetHandler(snapshot Snapshot, opts patches.Options) *StatefulSetHandler {
-	return &StatefulSetHandler{handler: newHandler(snapshot, opts), recent: recentBlocks{ttl: 2 * time.Minute, now: time.Now}}
+	blocks := NewBlockCache()
+	if s, ok := snapshot.(ReaderSnapshot); ok {
+		if s.Blocks == nil {
+			s.Blocks = blocks
+			snapshot = s
+		}
+		blocks = s.Blocks
+	}
+	return &StatefulSetHandler{handler: newHandler(snapshot, opts), blocks: blocks, recent: recentBlocks{grace: holdGrace, now: time.Now}}
 }
 
 func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -92,14 +105,7 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		if inUse, err = h.snapshot.PortsInUse(ctx, req.Namespace, sts.Name); err != nil {
 			return admission.Errored(http.StatusInternalServerError, err)
 		}
-		inUse = inUse.With(h.recent.others(key, func(k types.NamespacedName) (patches.PortRange, bool) {
-			cached, err := h.snapshot.ExposedStatefulSet(ctx, k.Namespace, k.Name)
-			if err != nil || cached == nil {
-				return patches.PortRange{}, false
-			}
-			cfg, errs := patches.ParseConfig(cached.Annotations, nil, h.opts)
-			return cfg.Block(), len(errs) == 0 && cfg.HoldsBlock()
-		})...)
+		inUse = inUse.With(h.recent.others(ctx, key, h.cachedBlock, h.storedBlock)...)
 	}
 	mutated := sts.DeepCopy()
 	if errs := patches.MutateStatefulSet(mutated, inUse, h.opts); len(errs) > 0 {
@@ -107,8 +113,12 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		return denied(statefulSetKind, objectName(req, sts.Name), errs)
 	}
 	if base := mutated.Annotations[patches.AnnotationPortBase]; base != sts.Annotations[patches.AnnotationPortBase] && (req.DryRun == nil || !*req.DryRun) {
+		if n := h.recent.pending(key); n >= maxPendingHolds {
+			return denied(statefulSetKind, objectName(req, sts.Name), field.ErrorList{field.Forbidden(field.NewPath("metadata", "annotations").Key(patches.AnnotationPortBase), fmt.Sprintf(
+				"brokerport holds %d port blocks for StatefulSet requests the API server has not been seen to store yet, at most %d; they settle within %s: retry then", n, maxPendingHolds, holdGrace))})
+		}
 		cfg, _ := patches.ParseConfig(mutated.Annotations, nil, h.opts)
-		h.recent.add(key, cfg.Block())
+		h.recent.add(key, cfg.Block(), req.UserInfo.Username)
 	}
 	unchanged := "already as brokerport wants it"
 	if !patches.IsExposed(sts.Labels) {
@@ -296,20 +306,21 @@ func (h *ServiceHandler) Handle(ctx context.Context, req admission.Request) admi
 // (and frees it when the StatefulSet goes), even if the StatefulSet goes before the next opt-in
 // looks. (An event delivered late for an older StatefulSet of the same name and block would
 // forget it early; that needs the older one gone from the cache before this block was assigned,
-// which is what freed the block, and its event still undelivered after that admission.)
+// which is what freed the block, and its event still undelivered after that admission.) Each
+// version's block is parsed here once, for the admissions after it too.
 func (h *StatefulSetHandler) EventHandler() toolscache.ResourceEventHandler {
 	shown := func(obj any) {
 		sts, ok := obj.(*appsv1.StatefulSet)
 		if !ok {
 			return
 		}
-		cfg, errs := patches.ParseConfig(sts.Annotations, nil, h.opts)
-		if len(errs) > 0 || !cfg.HoldsBlock() {
+		block, holds := h.blocks.Block(sts)
+		if !holds {
 			return
 		}
 		h.assigning.Lock()
 		defer h.assigning.Unlock()
-		h.recent.shown(types.NamespacedName{Namespace: sts.Namespace, Name: sts.Name}, cfg.Block())
+		h.recent.shown(types.NamespacedName{Namespace: sts.Namespace, Name: sts.Name}, block)
 	}
 	return toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { shown(obj) },
@@ -317,51 +328,114 @@ func (h *StatefulSetHandler) EventHandler() toolscache.ResourceEventHandler {
 	}
 }
 
-// recentBlocks are blocks assigned by this process that the informer cache may not show yet.
-// Only used under StatefulSetHandler.assigning.
+// cachedBlock is the block the cache shows StatefulSet k holding.
+func (h *StatefulSetHandler) cachedBlock(ctx context.Context, k types.NamespacedName) (patches.PortRange, bool) {
+	cached, err := h.snapshot.ExposedStatefulSet(ctx, k.Namespace, k.Name)
+	if err != nil || cached == nil {
+		return patches.PortRange{}, false
+	}
+	return h.blocks.Block(cached)
+}
+
+// storedBlock is the block the API server shows StatefulSet k holding (a live read).
+func (h *StatefulSetHandler) storedBlock(ctx context.Context, k types.NamespacedName) (patches.PortRange, bool, error) {
+	live, err := h.snapshot.LiveStatefulSet(ctx, k.Namespace, k.Name)
+	if err != nil || live == nil || !patches.IsExposed(live.Labels) {
+		return patches.PortRange{}, false, err
+	}
+	block, holds := h.blocks.Block(live)
+	return block, holds, nil
+}
+
+// holdGrace is how long a block assigned to an admission request is held on the request's word
+// alone. The API server stores the object once the rest of its admission chain has passed: well
+// under a second as a rule, and brokerport's own call times out at 5 s. Past the grace a live read
+// decides: a request that was not stored (refused after the webhook by a later webhook or by
+// validation, or a tenant's attempt to hold the band) gives its block back; one that was keeps it
+// until the cache shows it. A chain slower than this whose object is stored after the block went
+// to another StatefulSet is what the controller settles (yieldOverlappingBlock: the later one
+// moves). The grace is also how long a request that is never stored holds ports: a tenant must
+// send one such request per grace to keep a block from others, and each denial names it.
+const holdGrace = 10 * time.Second
+
+// maxPendingHolds bounds the blocks held for requests not yet shown stored. They settle within
+// holdGrace, and an opt-in holds one for the moments until its informer event, so only a burst
+// of opt-ins (or of requests that are never stored) comes near; past the bound a new
+// assignment is refused with a retry, rather than the admission doing a live read per hold.
+const maxPendingHolds = 64
+
+// recentBlocks are blocks assigned by this process to requests that the informer cache may not
+// show stored yet. Only used under StatefulSetHandler.assigning.
 type recentBlocks struct {
-	ttl    time.Duration
-	now    func() time.Time
-	blocks map[types.NamespacedName]recentBlock
+	grace time.Duration
+	now   func() time.Time
+	holds map[types.NamespacedName]recentBlock
 }
 
 type recentBlock struct {
 	block patches.PortRange
+	// until is when the hold next needs evidence: the grace after the assignment, then the grace
+	// after each live read that showed the StatefulSet stored with the block.
+	until time.Time
 	at    time.Time
+	user  string // who asked, for the log when the request turns out not stored
 }
 
-func (r *recentBlocks) add(key types.NamespacedName, block patches.PortRange) {
-	if r.blocks == nil {
-		r.blocks = map[types.NamespacedName]recentBlock{}
+func (r *recentBlocks) add(key types.NamespacedName, block patches.PortRange, user string) {
+	if r.holds == nil {
+		r.holds = map[types.NamespacedName]recentBlock{}
 	}
-	r.blocks[key] = recentBlock{block: block, at: r.now()}
+	now := r.now()
+	r.holds[key] = recentBlock{block: block, at: now, until: now.Add(r.grace), user: user}
+}
+
+// pending is how many holds an assignment to key would add to: those of other StatefulSets.
+func (r *recentBlocks) pending(key types.NamespacedName) int {
+	if _, ok := r.holds[key]; ok {
+		return len(r.holds) - 1
+	}
+	return len(r.holds)
 }
 
 // shown forgets key's block once the cache holds key with it.
 func (r *recentBlocks) shown(key types.NamespacedName, block patches.PortRange) {
-	if b, ok := r.blocks[key]; ok && b.block == block {
-		delete(r.blocks, key)
+	if b, ok := r.holds[key]; ok && b.block == block {
+		delete(r.holds, key)
 	}
 }
 
-// others are the unexpired blocks of StatefulSets other than key that the cache does not show
-// yet. One the cache shows (cached gives it that block) is forgotten: the cache holds it from
-// then on, and frees it when the StatefulSet goes, rather than the block staying taken until it
-// expires.
-func (r *recentBlocks) others(key types.NamespacedName, cached func(types.NamespacedName) (patches.PortRange, bool)) []patches.Reservation {
+// others are the held blocks of StatefulSets other than key. One the cache shows (cached gives
+// it that block) is forgotten: the cache holds it from then on, and frees it when the
+// StatefulSet goes. One past its grace is read live (stored): kept for another grace if the API
+// server has the StatefulSet with that block, else forgotten; kept if the read fails.
+func (r *recentBlocks) others(ctx context.Context, key types.NamespacedName,
+	cached func(context.Context, types.NamespacedName) (patches.PortRange, bool),
+	stored func(context.Context, types.NamespacedName) (patches.PortRange, bool, error)) []patches.Reservation {
 	var out []patches.Reservation
-	for k, b := range r.blocks {
-		if r.now().Sub(b.at) > r.ttl {
-			delete(r.blocks, k)
-			continue
-		}
-		if block, ok := cached(k); ok && block == b.block {
+	now := r.now()
+	for k, b := range r.holds {
+		if block, ok := cached(ctx, k); ok && block == b.block {
 			r.shown(k, block)
 			continue
 		}
-		if k != key {
-			out = append(out, patches.Reservation{PortRange: b.block, Owner: fmt.Sprintf("StatefulSet %s (assigned moments ago)", k)})
+		if k == key {
+			continue
 		}
+		if !now.Before(b.until) {
+			block, ok, err := stored(ctx, k)
+			switch {
+			case err != nil:
+				logf.FromContext(ctx).Error(err, "reading a StatefulSet whose block is held for its request; held until a read succeeds", "statefulset", k, "block", b.block.String())
+			case ok && block == b.block:
+				b.until = now.Add(r.grace)
+				r.holds[k] = b
+			default:
+				logf.FromContext(ctx).Info("port block assigned to a request that was not stored: released", "statefulset", k, "block", b.block.String(), "requestedBy", b.user, "assigned", b.at)
+				delete(r.holds, k)
+				continue
+			}
+		}
+		out = append(out, patches.Reservation{PortRange: b.block, Owner: fmt.Sprintf("StatefulSet %s (assigned moments ago)", k)})
 	}
 	return out
 }

@@ -5,10 +5,13 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"maps"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/brokerport/brokerport/patches"
@@ -44,32 +47,27 @@ type ReaderSnapshot struct {
 	// Live reads from the API server (nil: Reader is read instead).
 	Live    client.Reader
 	Options patches.Options
+	// Blocks caches the blocks the listed StatefulSets hold (nil: each is parsed on every
+	// PortsInUse). NewStatefulSetHandler gives a ReaderSnapshot without one a cache of its own.
+	Blocks *BlockCache
 }
 
 var _ Snapshot = ReaderSnapshot{}
 
+// PortsInUse reads the caches without copying what they hold (UnsafeDisableDeepCopy): it only
+// reads, and a copy of every broker pod and Service per StatefulSet admission is what an
+// admission should not pay for other tenants' objects.
 func (s ReaderSnapshot) PortsInUse(ctx context.Context, namespace, name string) (patches.PortSet, error) {
 	var reservations []patches.Reservation
 
 	var sets appsv1.StatefulSetList
-	if err := s.Reader.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
+	if err := s.Reader.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}, client.UnsafeDisableDeepCopy); err != nil {
 		return patches.PortSet{}, fmt.Errorf("listing opted-in StatefulSets: %w", err)
 	}
-	for i := range sets.Items {
-		sts := &sets.Items[i]
-		if sts.Namespace == namespace && sts.Name == name {
-			continue
-		}
-		// A StatefulSet whose configuration does not parse was refused when it was labeled, so
-		// it holds no block brokerport could honour.
-		cfg, errs := patches.ParseConfig(sts.Annotations, nil, s.Options)
-		if len(errs) == 0 && cfg.HoldsBlock() {
-			reservations = append(reservations, patches.Reservation{PortRange: cfg.Block(), Owner: fmt.Sprintf("StatefulSet %s/%s", sts.Namespace, sts.Name)})
-		}
-	}
+	reservations = s.Blocks.reservations(sets.Items, types.NamespacedName{Namespace: namespace, Name: name}, reservations)
 
 	var pods corev1.PodList
-	if err := s.Reader.List(ctx, &pods, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
+	if err := s.Reader.List(ctx, &pods, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}, client.UnsafeDisableDeepCopy); err != nil {
 		return patches.PortSet{}, fmt.Errorf("listing brokers: %w", err)
 	}
 	for _, pod := range pods.Items {
@@ -89,7 +87,7 @@ func (s ReaderSnapshot) PortsInUse(ctx context.Context, namespace, name string) 
 	}
 
 	var services corev1.ServiceList
-	if err := s.Reader.List(ctx, &services); err != nil {
+	if err := s.Reader.List(ctx, &services, client.UnsafeDisableDeepCopy); err != nil {
 		return patches.PortSet{}, fmt.Errorf("listing Services: %w", err)
 	}
 	for _, svc := range services.Items {
@@ -106,6 +104,113 @@ func (s ReaderSnapshot) PortsInUse(ctx context.Context, namespace, name string) 
 		}
 	}
 	return patches.NewPortSet(reservations...), nil
+}
+
+// BlockCache keeps, per opted-in StatefulSet, the port block its configuration holds, so that an
+// admission parses only the StatefulSets written since the one before, never every tenant's
+// again. An entry is for one version of the object (its UID and resourceVersion: the API server
+// gives every write a new one); an object without a resourceVersion (built by a test) is parsed
+// each time. The block does not depend on brokerport's options (they give defaults that no block
+// reads), so one cache serves every caller. Safe for concurrent use; a nil *BlockCache parses
+// every time.
+type BlockCache struct {
+	mu      sync.Mutex
+	entries map[types.NamespacedName]cachedBlock
+	// listed counts the reservations calls, to tell entries of StatefulSets no longer listed.
+	listed uint64
+}
+
+type cachedBlock struct {
+	uid             types.UID
+	resourceVersion string
+	block           patches.PortRange
+	holds           bool
+	owner           string // "StatefulSet namespace/name", made once
+	listed          uint64 // the reservations call that last saw it
+}
+
+// NewBlockCache returns an empty cache.
+func NewBlockCache() *BlockCache {
+	return &BlockCache{entries: map[types.NamespacedName]cachedBlock{}}
+}
+
+// Block is the block sts holds: none when its configuration does not parse (it was refused when
+// it was labeled, so it holds no block brokerport could honour) or takes no block.
+func (c *BlockCache) Block(sts *appsv1.StatefulSet) (patches.PortRange, bool) {
+	if c == nil {
+		return parseBlock(sts)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.lookup(sts)
+	return e.block, e.holds
+}
+
+// reservations appends the blocks of the listed StatefulSets but skip's, and forgets the entries
+// of StatefulSets no longer listed once they are as many as those listed.
+func (c *BlockCache) reservations(sets []appsv1.StatefulSet, skip types.NamespacedName, out []patches.Reservation) []patches.Reservation {
+	if c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.listed++
+	}
+	for i := range sets {
+		sts := &sets[i]
+		if sts.Namespace == skip.Namespace && sts.Name == skip.Name {
+			continue
+		}
+		var e cachedBlock
+		if c == nil {
+			e.block, e.holds = parseBlock(sts)
+		} else {
+			e = c.lookup(sts)
+		}
+		if e.holds {
+			if e.owner == "" {
+				e.owner = blockOwner(sts)
+			}
+			out = append(out, patches.Reservation{PortRange: e.block, Owner: e.owner})
+		}
+	}
+	if c != nil && len(c.entries) > 2*len(sets)+16 {
+		maps.DeleteFunc(c.entries, func(_ types.NamespacedName, e cachedBlock) bool { return e.listed != c.listed })
+	}
+	return out
+}
+
+// lookup gives sts's entry, parsing it on a miss, and marks it seen by the current
+// reservations call. Called with c.mu held.
+func (c *BlockCache) lookup(sts *appsv1.StatefulSet) cachedBlock {
+	if sts.ResourceVersion == "" {
+		block, holds := parseBlock(sts)
+		return cachedBlock{block: block, holds: holds}
+	}
+	key := types.NamespacedName{Namespace: sts.Namespace, Name: sts.Name}
+	e, ok := c.entries[key]
+	switch {
+	case !ok || e.resourceVersion != sts.ResourceVersion || e.uid != sts.UID:
+		e = cachedBlock{uid: sts.UID, resourceVersion: sts.ResourceVersion}
+		if e.block, e.holds = parseBlock(sts); e.holds {
+			e.owner = blockOwner(sts)
+		}
+	case e.listed == c.listed:
+		return e
+	}
+	e.listed = c.listed
+	c.entries[key] = e
+	return e
+}
+
+func blockOwner(sts *appsv1.StatefulSet) string {
+	return fmt.Sprintf("StatefulSet %s/%s", sts.Namespace, sts.Name)
+}
+
+func parseBlock(sts *appsv1.StatefulSet) (patches.PortRange, bool) {
+	cfg, errs := patches.ParseConfig(sts.Annotations, nil, patches.Options{})
+	if len(errs) > 0 || !cfg.HoldsBlock() {
+		return patches.PortRange{}, false
+	}
+	return cfg.Block(), true
 }
 
 func (s ReaderSnapshot) ExposedStatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error) {

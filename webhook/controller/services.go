@@ -49,10 +49,11 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 			existing[svc.Name] = svc
 			in.Current[svc.Name] = nodePorts(svc)
 			want := wanted[svc.Name]
-			if want != nil && want.Spec.Type == corev1.ServiceTypeLoadBalancer && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			if want != nil && want.Spec.Type == corev1.ServiceTypeLoadBalancer && svc.Spec.Type == corev1.ServiceTypeLoadBalancer && !patches.AsksNoNodePorts(want) {
 				// The nodePorts the API server allocated are the ones to keep: asking for
 				// none would be a change on every reconcile.
 				in.Target[svc.Name] = in.Current[svc.Name]
+				r.reportBandNodePorts(sts, svc)
 			}
 			if want != nil && !sameService(svc, want) {
 				in.Stale[svc.Name] = true
@@ -118,6 +119,19 @@ func (r *Reconciler) services(ctx context.Context, sts *appsv1.StatefulSet, cfg 
 	return problems, balancers, nil
 }
 
+// reportBandNodePorts says, on the StatefulSet, which nodePorts of one of its LoadBalancer
+// Services the API server allocated in brokerport's band. The Service webhook cannot prevent it:
+// a Service is created with no nodePorts, and the API server allocates them after admission, from
+// the static band only when the rest of its range is full. The ports stay taken from the band
+// (no block is assigned over them) until the Service goes.
+func (r *Reconciler) reportBandNodePorts(sts *appsv1.StatefulSet, svc *corev1.Service) {
+	for _, p := range patches.BandNodePorts(svc, r.Options.PortRange) {
+		r.Events.Eventf(sts, svc, corev1.EventTypeWarning, "NodePortInBand", "Expose",
+			"Service %s holds nodePort %d (listener %q), allocated by the API server in brokerport's port band %s: the rest of the NodePort range is full. If the load balancer routes to the pods themselves (MetalLB, the AWS Load Balancer Controller in ip mode), set %s: \"false\" on the StatefulSet and its Services give their nodePorts back; else widen the API server's --service-node-port-range",
+			svc.Name, p.NodePort, p.Name, r.Options.PortRange, patches.AnnotationAllocateLoadBalancerNodePorts)
+	}
+}
+
 // loadBalancerPatience is how long a LoadBalancer Service may wait for an address before its
 // broker is said not exposed (a Warning Event) rather than still coming: cloud load balancers
 // take from seconds to a few minutes.
@@ -136,14 +150,17 @@ func nodePorts(svc *corev1.Service) []int32 {
 }
 
 // sameService tells whether a broker Service is the wanted one: its ports (names, ports,
-// targetPorts, and nodePorts where brokerport chooses them), type, traffic policy and the
-// annotations brokerport passes.
+// targetPorts, and nodePorts where brokerport chooses them, or none where it asks for none),
+// type, traffic policy and the annotations brokerport passes or records.
 func sameService(svc, want *corev1.Service) bool {
+	noNodePorts := patches.AsksNoNodePorts(want)
 	return svc.Spec.Type == want.Spec.Type &&
 		svc.Spec.ExternalTrafficPolicy == want.Spec.ExternalTrafficPolicy &&
 		svc.Annotations[patches.AnnotationServiceAnnotations] == want.Annotations[patches.AnnotationServiceAnnotations] &&
+		patches.AsksNoNodePorts(svc) == noNodePorts &&
 		slices.EqualFunc(svc.Spec.Ports, want.Spec.Ports, func(a, b corev1.ServicePort) bool {
-			return a.Name == b.Name && a.Port == b.Port && apiequality.Semantic.DeepEqual(a.TargetPort, b.TargetPort) && (a.NodePort == b.NodePort || b.NodePort == 0)
+			return a.Name == b.Name && a.Port == b.Port && apiequality.Semantic.DeepEqual(a.TargetPort, b.TargetPort) &&
+				(a.NodePort == b.NodePort || (b.NodePort == 0 && !noNodePorts))
 		})
 }
 
@@ -164,7 +181,9 @@ func (r *Reconciler) updateService(ctx context.Context, current, want *corev1.Se
 	ports := slices.Clone(want.Spec.Ports)
 	for i := range ports {
 		// A nodePort the API server allocated stays: asking for none would allocate another.
-		if j := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ports[i].Name }); ports[i].NodePort == 0 && j >= 0 {
+		// Where brokerport asks for no nodePorts, they go: the API server keeps any a Service
+		// still names, allocateLoadBalancerNodePorts false or not.
+		if j := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ports[i].Name }); ports[i].NodePort == 0 && j >= 0 && !patches.AsksNoNodePorts(want) {
 			ports[i].NodePort = svc.Spec.Ports[j].NodePort
 		}
 	}
@@ -172,11 +191,14 @@ func (r *Reconciler) updateService(ctx context.Context, current, want *corev1.Se
 	svc.Spec.Selector = want.Spec.Selector
 	svc.Spec.Type = want.Spec.Type
 	svc.Spec.ExternalTrafficPolicy = want.Spec.ExternalTrafficPolicy
+	// nil where brokerport asks for nodePorts: the API server defaults it to true again.
+	svc.Spec.AllocateLoadBalancerNodePorts = want.Spec.AllocateLoadBalancerNodePorts
 	svc.Labels = want.Labels
 	for _, k := range patches.PassedAnnotations(svc) {
 		delete(svc.Annotations, k)
 	}
 	delete(svc.Annotations, patches.AnnotationServiceAnnotations)
+	delete(svc.Annotations, patches.AnnotationAllocateLoadBalancerNodePorts)
 	if svc.Annotations == nil && len(want.Annotations) > 0 {
 		svc.Annotations = map[string]string{}
 	}
