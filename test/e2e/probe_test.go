@@ -122,7 +122,21 @@ func TestProbe(t *testing.T) {
 		}()
 	}
 
-	startProbe(t, ctx)
+	// The probe dials only what the controller hands it, as brokerport's controller does on each
+	// publish: the brokers' states computed from their pods and nodes (read-only here).
+	prober := startProbe(t, ctx)
+	cfg, errs := patches.ParseConfig(sts.Annotations, nil, patches.DefaultOptions())
+	require.Empty(t, errs)
+	nodes := map[string]*corev1.Node{}
+	var states []patches.BrokerState
+	for i := range 2 {
+		pod, node := &corev1.Pod{}, &corev1.Node{}
+		require.NoError(t, env.admin.Get(ctx, client.ObjectKey{Namespace: probeNS, Name: fmt.Sprintf("%s-%d", probeSTS, i)}, pod))
+		require.NoError(t, env.admin.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node))
+		nodes[node.Name] = node
+		states = append(states, patches.ObserveBroker(cfg, probeSTS, i, patches.BrokerFacts{Pod: pod, Node: node}))
+	}
+	prober.Track(sts, cfg, states, nodes)
 	pod0, pod1 := pub.Brokers[0].Pod, pub.Brokers[1].Pod
 
 	t.Run("all reachable", func(t *testing.T) {
@@ -192,7 +206,7 @@ func TestProbe(t *testing.T) {
 
 // startProbe runs the probe in a manager of its own with brokerport's credentials until the test
 // ends.
-func startProbe(t *testing.T, ctx context.Context) {
+func startProbe(t *testing.T, ctx context.Context) *probe.Prober {
 	restConfig, err := clientcmd.BuildConfigFromFlags("", filepath.Join(env.cp.Dir, "brokerport.kubeconfig"))
 	require.NoError(t, err)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
@@ -209,6 +223,7 @@ func startProbe(t *testing.T, ctx context.Context) {
 		stop()
 		assert.NoError(t, <-done)
 	})
+	return prober
 }
 
 // runCheck runs `brokerport check --from-here` as a user would, with the admin kubeconfig.

@@ -57,6 +57,13 @@ type Reconciler struct {
 	// names the StatefulSets whose keys changed, to publish them at once.
 	Reachability Reachability
 	ProbeChanges <-chan event.GenericEvent
+	// Targets, when set, is told what the probe may dial: each time a StatefulSet is published,
+	// the brokers' states and nodes its addresses were computed from; when it is removed, that
+	// it is gone. The probe dials nothing else (never what a ConfigMap says).
+	Targets ProbeTargets
+	// MayWrite, when set, holds every reconcile until it is true: brokerport's
+	// ValidatingAdmissionPolicies are in force (webhook.PolicyGate).
+	MayWrite func() bool
 	// Now is the clock (nil: time.Now), for tests of what waits.
 	Now func() time.Time
 	// CertManager: the API server serves cert-manager's Certificates. SetupWithManager looks,
@@ -145,6 +152,9 @@ func (r *Reconciler) clustersOnNode(ctx context.Context, node client.Object) []r
 }
 
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	if r.MayWrite != nil && !r.MayWrite() {
+		return reconcile.Result{RequeueAfter: time.Second}, nil
+	}
 	res, err := r.reconcile(ctx, req)
 	if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
 		// The namespace is going away, and everything brokerport made in it with it.
@@ -222,6 +232,9 @@ func (r *Reconciler) reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	r.reportEdited(sts, brokers)
 	repairErr := errors.Join(r.repair(ctx, sts, cfg, brokers, nodes, balancers), certErr)
+	if r.Targets != nil {
+		r.Targets.Track(sts, cfg, states, nodes) // what publish computes the addresses from
+	}
 	if err := r.publish(ctx, sts, cfg, states); err != nil {
 		return reconcile.Result{}, errors.Join(repairErr, err)
 	}
@@ -342,6 +355,9 @@ func before(a, b *appsv1.StatefulSet) bool {
 // its Services and ConfigMap, and, for an opted-out one, its brokers that never started.
 func (r *Reconciler) remove(ctx context.Context, namespace, name string, sts *appsv1.StatefulSet) error {
 	brokerGauge.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "statefulset": name})
+	if r.Targets != nil {
+		r.Targets.Forget(namespace, name)
+	}
 	if err := r.removeCertificates(ctx, namespace, name); err != nil {
 		return err
 	}

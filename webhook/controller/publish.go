@@ -88,6 +88,14 @@ type Reachability interface {
 	For(namespace, statefulSet string) map[string]string
 }
 
+// ProbeTargets is an in-cluster probe (webhook/probe) as the controller feeds it: Track hands it,
+// each time a StatefulSet is published, exactly what its addresses were computed from; Forget
+// says the StatefulSet is no longer brokerport's.
+type ProbeTargets interface {
+	Track(sts *appsv1.StatefulSet, cfg patches.Config, states []patches.BrokerState, nodes map[string]*corev1.Node)
+	Forget(namespace, statefulSet string)
+}
+
 // mergeReachability adds the probe's keys, never over one of the addresses.
 func (r *Reconciler) mergeReachability(sts *appsv1.StatefulSet, data map[string]string) {
 	if r.Reachability == nil {

@@ -22,6 +22,12 @@ type DialFunc func(ctx context.Context, network, address string) (net.Conn, erro
 // topic lists brokers only.
 const maxResponse = 1 << 20
 
+// errNotKafka is what an answer that is not a Kafka response is said to be. It repeats nothing of
+// what was read (no size, no correlation ID, no decoder detail): those are bytes of a listener that
+// may be anything, and the error goes into Events and a ConfigMap (an SSH server's "SSH-" read as
+// a length was 1397966893).
+var errNotKafka = errors.New("not a Kafka listener (its answer is not a Kafka response)")
+
 // Observe dials addr and, by mode, asks the Kafka listener there ApiVersions and Metadata on
 // that one connection, which it closes before returning. ctx bounds everything.
 func Observe(ctx context.Context, dial DialFunc, addr string, mode Mode) Observation {
@@ -94,14 +100,14 @@ func roundTrip(conn net.Conn, req kmsg.Request, correlationID int32) (kmsg.Respo
 	}
 	n := int32(binary.BigEndian.Uint32(size[:]))
 	if n < 4 || n > maxResponse {
-		return nil, fmt.Errorf("response of %d bytes (not a Kafka listener?)", n)
+		return nil, errNotKafka
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(conn, body); err != nil {
 		return nil, err
 	}
 	if got := int32(binary.BigEndian.Uint32(body)); got != correlationID {
-		return nil, fmt.Errorf("response to request %d, want %d", got, correlationID)
+		return nil, errNotKafka
 	}
 	body = body[4:]
 	resp := req.ResponseKind()
@@ -110,11 +116,11 @@ func roundTrip(conn net.Conn, req kmsg.Request, correlationID int32) (kmsg.Respo
 	if resp.IsFlexible() && req.Key() != kmsg.ApiVersions.Int16() {
 		var err error
 		if body, err = skipTags(body); err != nil {
-			return nil, err
+			return nil, errNotKafka
 		}
 	}
 	if err := resp.ReadFrom(body); err != nil {
-		return nil, fmt.Errorf("decoding the response: %w", err)
+		return nil, errNotKafka
 	}
 	return resp, nil
 }

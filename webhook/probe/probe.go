@@ -1,14 +1,21 @@
 // Package probe checks, from the elected replica, that every broker answers at the addresses
-// brokerport published for it, and says so in metrics, Events and the ConfigMap.
+// brokerport computed and published for it, and says so in metrics, Events and the ConfigMap.
 //
-// Each period (jittered) it reads every opted-in StatefulSet and its ConfigMap <sts>-external
-// from the manager's cache and, for each broker, dials each listener's published address in turn
-// (so at most one connection per broker at a time, Concurrency brokers at once): the first
-// listener (the Kafka API) is asked ApiVersions and Metadata on PLAINTEXT, ApiVersions only on
-// SASL_PLAINTEXT, and only connected to on TLS; the other listeners (HTTP: admin API, proxy,
-// schema registry) are only connected to. The Metadata response must list the dialed address
-// among the brokers: a broker that answers there but advertises something else sends every
-// client elsewhere, and is named as such.
+// The controller hands the probe, each time it publishes a StatefulSet, what it computed the
+// published addresses from (Track; Forget once the StatefulSet is no longer brokerport's). The
+// probe reads no ConfigMap and dials nothing else, and of those addresses only the ones whose host
+// and port brokerport chose (targets.go). Each period (jittered), for each broker, it dials each
+// listener's address in turn (so at most one connection per broker at a time, Concurrency brokers
+// at once): the first listener (the Kafka API) is asked ApiVersions and Metadata on PLAINTEXT,
+// ApiVersions only on SASL_PLAINTEXT, and only connected to on TLS; the other listeners (HTTP:
+// admin API, proxy, schema registry) are only connected to. The Metadata response must list the
+// dialed address among the brokers: a broker that answers there but advertises something else
+// sends every client elsewhere, and is named as such.
+//
+// A round ends within one period whatever the black holes: the addresses it did not reach in time
+// (or past MaxAddressesPerRound) are said not probed, and go first in the next round. What the
+// probe says never repeats what a listener answered, unless it is an address brokerport computed
+// for that StatefulSet (verdict.go).
 //
 // The probe writes nothing to the API server but Events; the ConfigMap's reachability keys are
 // written by the controller, which asks For when it publishes and is told of changes through
@@ -43,7 +50,7 @@ import (
 var (
 	reachableGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "brokerport_broker_reachable",
-		Help: "1 when the broker answered at its published address on the listener at the last probe (for the Kafka listener: and advertises that address), else 0.",
+		Help: "1 when the broker answered at its published address on the listener at the last probe (for the Kafka listener: and advertises that address), else 0. No series for an address the probe does not dial (the ConfigMap's reachability line says why).",
 	}, []string{"namespace", "statefulset", "broker", "listener"})
 	mismatchGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "brokerport_broker_advertised_mismatch",
@@ -74,32 +81,51 @@ const (
 
 // Prober is a manager Runnable that needs leader election.
 type Prober struct {
-	// Reader is the manager's cache: StatefulSets, ConfigMaps and Services are read from it.
+	// Reader is the manager's cache: opted-in StatefulSets and Services are read from it to count
+	// the band's free ports (brokerport_ports_free), nothing else; nil counts none.
 	Reader client.Reader
 	Events events.EventRecorder
 	// Options are brokerport's: the band whose free ports are counted, and ParseConfig's.
 	Options patches.Options
-	// Period between rounds (jittered); 0 or less turns the probe off.
+	// Period between rounds (jittered), and the longest a round lasts; 0 or less turns the probe
+	// off (a Round called on its own then lasts at most DefaultPeriod).
 	Period time.Duration
 	// Concurrency is the number of brokers probed at once (default DefaultConcurrency).
 	Concurrency int
 	// Dial connects (default: a net.Dialer).
 	Dial DialFunc
+	// HostTemplates also dials hosts made by a StatefulSet's brokerport.io/host-template (serve
+	// --probe-host-templates). Off by default: such a host is the StatefulSet's author's choice,
+	// and the probe would dial it from brokerport's place in the network.
+	HostTemplates bool
 
-	mu       sync.Mutex
-	results  map[types.NamespacedName]*published
+	mu      sync.Mutex
+	targets map[types.NamespacedName]*targetSet
+	results map[types.NamespacedName]*published
+	// behind are the brokers the last round did not reach (its time or its cap ran out): the next
+	// round starts with them, so that no broker goes unprobed round after round.
+	behind   map[brokerKey]bool
 	changes  chan event.GenericEvent
 	initOnce sync.Once
 }
 
 // published is the last round's verdicts for one StatefulSet.
 type published struct {
+	// verdicts are the round's, "not probed" included: what the keys say.
 	verdicts map[Target]Verdict
-	keys     map[string]string
+	// probed is each address's last verdict from a probe: what Events and metrics follow.
+	probed map[Target]Verdict
+	keys   map[string]string
+}
+
+type brokerKey struct {
+	sts types.NamespacedName
+	pod string
 }
 
 func (p *Prober) init() {
 	p.initOnce.Do(func() {
+		p.targets = map[types.NamespacedName]*targetSet{}
 		p.results = map[types.NamespacedName]*published{}
 		// Buffered, and never waited on: a change that finds it full is published with the
 		// StatefulSet's next reconcile.
@@ -115,6 +141,26 @@ func (p *Prober) NeedLeaderElection() bool { return true }
 func (p *Prober) Changes() <-chan event.GenericEvent {
 	p.init()
 	return p.changes
+}
+
+// Track sets what the probe dials for a StatefulSet: the controller calls it each time it
+// publishes the StatefulSet, with what it computed the published addresses from (its
+// configuration, its brokers' states and their nodes). Rounds dial those addresses, as far as
+// brokerport chose them (targets.go), and nothing else, until the next Track or Forget.
+func (p *Prober) Track(sts *appsv1.StatefulSet, cfg patches.Config, states []patches.BrokerState, nodes map[string]*corev1.Node) {
+	set := newTargetSet(sts, cfg, states, nodes, p.HostTemplates)
+	p.init()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.targets[client.ObjectKeyFromObject(sts)] = set
+}
+
+// Forget stops probing a StatefulSet: the next round drops its series and keys.
+func (p *Prober) Forget(namespace, name string) {
+	p.init()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.targets, types.NamespacedName{Namespace: namespace, Name: name})
 }
 
 // For is the reachability keys of StatefulSet namespace/name to publish in its ConfigMap, nil
@@ -156,97 +202,135 @@ func (p *Prober) Start(ctx context.Context) error {
 	}
 }
 
+// period is how long a round may last, and sets each address's timeout.
+func (p *Prober) period() time.Duration {
+	if p.Period > 0 {
+		return p.Period
+	}
+	return DefaultPeriod
+}
+
 // job is one broker's addresses, probed in turn.
 type job struct {
-	sts       types.NamespacedName
-	pod       string
-	listeners []string
-	addresses []string
-	modes     []Mode
-	peers     [][]string // every broker's address on the same listener
-	verdicts  []Verdict
+	key    types.NamespacedName
+	set    *targetSet
+	broker int // index in set.brokers
+	// verdicts are per listener of set; a probe replaces notReached.
+	verdicts []Verdict
 }
 
-// Round probes every published address once and reports.
+// Verdicts of the addresses a round did not dial.
+var (
+	notReached   = Verdict{State: NotProbed, Reason: "the round's time (one period) ran out first; first in the next round", later: true}
+	pastRoundCap = Verdict{State: NotProbed, Reason: fmt.Sprintf("past the %d addresses a round dials; first in the next round", MaxAddressesPerRound), later: true}
+)
+
+// Round probes every tracked address once, within one period, and reports.
 func (p *Prober) Round(ctx context.Context) error {
 	p.init()
-	var sets appsv1.StatefulSetList
-	if err := p.Reader.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
-		return fmt.Errorf("listing opted-in StatefulSets: %w", err)
-	}
-	var services corev1.ServiceList
-	if err := p.Reader.List(ctx, &services); err != nil {
-		return fmt.Errorf("listing Services: %w", err)
-	}
-	p.countFreePorts(sets.Items, services.Items)
+	countErr := p.countFreePorts(ctx)
+	p.mu.Lock()
+	sets := maps.Clone(p.targets)
+	behind := p.behind
+	p.mu.Unlock()
 
-	byName := map[types.NamespacedName]*appsv1.StatefulSet{}
-	pubs := map[types.NamespacedName]Published{}
-	modes := map[types.NamespacedName]map[string]Mode{}
-	var jobs []*job
-	for i := range sets.Items {
-		sts := &sets.Items[i]
-		key := client.ObjectKeyFromObject(sts)
-		cfg, errs := patches.ParseConfig(sts.Annotations, nil, p.Options)
-		if len(errs) > 0 || !cfg.Configured() {
-			continue
-		}
-		cm := &corev1.ConfigMap{}
-		if err := p.Reader.Get(ctx, client.ObjectKey{Namespace: sts.Namespace, Name: sts.Name + "-external"}, cm); err != nil || cm.Labels[patches.LabelCluster] != sts.Name {
-			continue // not published yet (or not brokerport's)
-		}
-		pub := ParsePublished(cm.Data)
-		byName[key], pubs[key], modes[key] = sts, pub, map[string]Mode{}
-		for _, l := range pub.Listeners {
-			if i := slices.IndexFunc(cfg.Listeners, func(c patches.Listener) bool { return c.Name == l }); i >= 0 {
-				modes[key][l] = ModeOf(i, cfg.SecurityProtocol)
+	jobs, left := plan(sets, behind)
+	rctx, cancel := context.WithTimeout(ctx, p.period())
+	p.run(rctx, jobs)
+	cancel()
+	if ctx.Err() != nil {
+		return nil // a round cut short (brokerport stopping) says nothing
+	}
+
+	verdicts := make(map[types.NamespacedName]map[Target]Verdict, len(sets))
+	for key, set := range sets {
+		now := map[Target]Verdict{}
+		for _, b := range set.brokers {
+			if b.skip == "" {
+				continue // a job's
 			}
-		}
-		for _, b := range pub.Brokers {
-			j := &job{sts: key, pod: b.Pod}
-			for _, l := range pub.Listeners {
-				mode, known := modes[key][l]
-				if addr := b.Addresses[l]; addr != "" && known {
-					j.listeners, j.addresses, j.modes = append(j.listeners, l), append(j.addresses, addr), append(j.modes, mode)
-					j.peers = append(j.peers, pub.All(l))
+			for l, a := range b.addrs {
+				if a != "" {
+					now[Target{Pod: b.pod, Listener: set.listeners[l].name}] = Verdict{State: NotProbed, Reason: b.skip}
 				}
 			}
-			if len(j.addresses) > 0 {
-				jobs = append(jobs, j)
+		}
+		verdicts[key] = now
+	}
+	nextBehind := map[brokerKey]bool{}
+	notReachedCount := 0
+	for _, j := range slices.Concat(jobs, left) {
+		b := j.set.brokers[j.broker]
+		for l, a := range b.addrs {
+			if a == "" {
+				continue
+			}
+			v := j.verdicts[l]
+			if v.later {
+				nextBehind[brokerKey{sts: j.key, pod: b.pod}] = true
+				notReachedCount++
+			}
+			verdicts[j.key][Target{Pod: b.pod, Listener: j.set.listeners[l].name}] = v
+		}
+	}
+	if notReachedCount > 0 {
+		logf.FromContext(ctx).Info("probe round ended with addresses not probed; they go first in the next round",
+			"notProbed", notReachedCount, "period", p.period(), "maxAddressesPerRound", MaxAddressesPerRound)
+	}
+	p.report(sets, verdicts, nextBehind)
+	return countErr
+}
+
+// plan is a round's jobs, one per broker to dial: those the last round did not reach first, then
+// by StatefulSet and ordinal. run are within MaxAddressesPerRound; left, those past it, are not
+// dialed this round.
+func plan(sets map[types.NamespacedName]*targetSet, behind map[brokerKey]bool) (run, left []*job) {
+	var first, rest []*job
+	for _, key := range slices.SortedFunc(maps.Keys(sets), cmpKey) {
+		set := sets[key]
+		for i, b := range set.brokers {
+			if b.skip != "" {
+				continue
+			}
+			j := &job{key: key, set: set, broker: i, verdicts: make([]Verdict, len(set.listeners))}
+			for l := range j.verdicts {
+				j.verdicts[l] = notReached
+			}
+			if behind[brokerKey{sts: key, pod: b.pod}] {
+				first = append(first, j)
+			} else {
+				rest = append(rest, j)
 			}
 		}
 	}
-
-	p.run(ctx, jobs)
-	if ctx.Err() != nil {
-		return nil // a round cut short says nothing
-	}
-
-	verdicts := map[types.NamespacedName]map[Target]Verdict{}
-	addresses := map[types.NamespacedName]map[Target]string{}
-	for _, j := range jobs {
-		if verdicts[j.sts] == nil {
-			verdicts[j.sts], addresses[j.sts] = map[Target]Verdict{}, map[Target]string{}
+	addresses := 0
+	for _, j := range slices.Concat(first, rest) {
+		n := 0
+		for _, a := range j.set.brokers[j.broker].addrs {
+			if a != "" {
+				n++
+			}
 		}
-		for i, l := range j.listeners {
-			verdicts[j.sts][Target{Pod: j.pod, Listener: l}] = j.verdicts[i]
-			addresses[j.sts][Target{Pod: j.pod, Listener: l}] = j.addresses[i]
+		if len(left) > 0 || addresses+n > MaxAddressesPerRound {
+			for l := range j.verdicts {
+				j.verdicts[l] = pastRoundCap
+			}
+			left = append(left, j)
+			continue
 		}
+		addresses += n
+		run = append(run, j)
 	}
-	p.report(byName, pubs, modes, verdicts, addresses)
-	return nil
+	return run, left
 }
 
-// run probes the jobs, Concurrency at a time.
+// run probes the jobs, Concurrency at a time, until ctx (the round) ends.
 func (p *Prober) run(ctx context.Context, jobs []*job) {
 	dial := p.Dial
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
-	timeout := maxTimeout
-	if p.Period > 0 {
-		timeout = min(timeout, p.Period/2)
-	}
+	timeout := min(maxTimeout, p.period()/2)
 	workers := p.Concurrency
 	if workers <= 0 {
 		workers = DefaultConcurrency
@@ -256,25 +340,40 @@ func (p *Prober) run(ctx context.Context, jobs []*job) {
 	for range min(workers, len(jobs)) {
 		wg.Go(func() {
 			for j := range queue {
-				for i, addr := range j.addresses {
-					actx, cancel := context.WithTimeout(ctx, timeout)
-					obs := Observe(actx, dial, addr, j.modes[i])
-					cancel()
-					v := Judge(addr, j.modes[i], obs, j.peers[i])
-					j.verdicts = append(j.verdicts, v)
-					probeDuration.WithLabelValues(j.modes[i].String(), result(v)).Observe(obs.Latency.Seconds())
-				}
+				probeBroker(ctx, dial, timeout, j)
 			}
 		})
 	}
+feed:
 	for _, j := range jobs {
 		select {
 		case queue <- j:
 		case <-ctx.Done():
+			break feed
 		}
 	}
 	close(queue)
 	wg.Wait()
+}
+
+// probeBroker dials a broker's addresses in turn, until the round ends.
+func probeBroker(ctx context.Context, dial DialFunc, timeout time.Duration, j *job) {
+	b := j.set.brokers[j.broker]
+	for l, addr := range b.addrs {
+		if addr == "" {
+			continue
+		}
+		listener := j.set.listeners[l]
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		obs := Observe(actx, dial, addr, listener.mode)
+		cancel()
+		if ctx.Err() != nil {
+			return // the round ended first: what was seen says nothing of the broker
+		}
+		v := judgeInCluster(addr, listener.mode, obs, listener.peers, j.set.own)
+		j.verdicts[l] = v
+		probeDuration.WithLabelValues(listener.mode.String(), result(v)).Observe(obs.Latency.Seconds())
+	}
 }
 
 func result(v Verdict) string {
@@ -288,10 +387,12 @@ func result(v Verdict) string {
 }
 
 // report sets the metrics, says transitions on the StatefulSets, and keeps the keys For gives.
-func (p *Prober) report(sets map[types.NamespacedName]*appsv1.StatefulSet, pubs map[types.NamespacedName]Published,
-	modes map[types.NamespacedName]map[string]Mode, verdicts map[types.NamespacedName]map[Target]Verdict, addresses map[types.NamespacedName]map[Target]string) {
+// An address not probed has no series, unless the round only ran out before it: then its last
+// probe's verdict and series stand.
+func (p *Prober) report(sets map[types.NamespacedName]*targetSet, verdicts map[types.NamespacedName]map[Target]Verdict, behind map[brokerKey]bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.behind = behind
 	for key, before := range p.results {
 		for t := range before.verdicts {
 			if _, still := verdicts[key][t]; !still {
@@ -302,31 +403,54 @@ func (p *Prober) report(sets map[types.NamespacedName]*appsv1.StatefulSet, pubs 
 		if _, still := verdicts[key]; !still {
 			delete(p.results, key)
 			if len(before.keys) > 0 {
-				p.notify(sets[key], key)
+				p.notify(nil, key)
 			}
 		}
 	}
 	for key, now := range verdicts {
-		sts := sets[key]
+		set := sets[key]
 		before := p.results[key]
 		if before == nil {
 			before = &published{}
 		}
-		for _, t := range slices.SortedFunc(maps.Keys(now), cmpTarget) {
-			v := now[t]
-			reachableGauge.WithLabelValues(key.Namespace, key.Name, t.Pod, t.Listener).Set(boolValue(v.State == Reachable))
-			if modes[key][t.Listener] == KafkaMetadata {
-				mismatchGauge.WithLabelValues(key.Namespace, key.Name, t.Pod, t.Listener).Set(boolValue(v.State == Mismatch))
-			}
-			old, known := before.verdicts[t]
-			if e, ok := Transition(t.Pod, t.Listener, addresses[key][t], old, known, v); ok && p.Events != nil {
-				p.Events.Eventf(sts, nil, e.Type, e.Reason, "Probe", "%s", e.Message)
+		probed := make(map[Target]Verdict, len(now))
+		pods := make([]string, 0, len(set.brokers))
+		for _, b := range set.brokers {
+			pods = append(pods, b.pod)
+			for l, addr := range b.addrs {
+				t := Target{Pod: b.pod, Listener: set.listeners[l].name}
+				v, ok := now[t]
+				if addr == "" || !ok {
+					continue
+				}
+				old, known := before.probed[t]
+				if v.State == NotProbed {
+					if v.later && known {
+						probed[t] = old
+					} else {
+						reachableGauge.DeleteLabelValues(key.Namespace, key.Name, t.Pod, t.Listener)
+						mismatchGauge.DeleteLabelValues(key.Namespace, key.Name, t.Pod, t.Listener)
+					}
+					continue
+				}
+				probed[t] = v
+				reachableGauge.WithLabelValues(key.Namespace, key.Name, t.Pod, t.Listener).Set(boolValue(v.State == Reachable))
+				if set.listeners[l].mode == KafkaMetadata {
+					mismatchGauge.WithLabelValues(key.Namespace, key.Name, t.Pod, t.Listener).Set(boolValue(v.State == Mismatch))
+				}
+				if e, ok := Transition(t.Pod, t.Listener, addr, old, known, v); ok && p.Events != nil {
+					p.Events.Eventf(set.sts, nil, e.Type, e.Reason, "Probe", "%s", e.Message)
+				}
 			}
 		}
-		keys := ReachabilityKeys(pubs[key], now)
-		p.results[key] = &published{verdicts: now, keys: keys}
+		names := make([]string, len(set.listeners))
+		for l, listener := range set.listeners {
+			names[l] = listener.name
+		}
+		keys := ReachabilityKeys(names, pods, now)
+		p.results[key] = &published{verdicts: now, probed: probed, keys: keys}
 		if !maps.Equal(before.keys, keys) {
-			p.notify(sts, key)
+			p.notify(set.sts, key)
 		}
 	}
 }
@@ -344,14 +468,25 @@ func (p *Prober) notify(sts *appsv1.StatefulSet, key types.NamespacedName) {
 }
 
 // countFreePorts sets brokerport_ports_free for the band.
-func (p *Prober) countFreePorts(sets []appsv1.StatefulSet, services []corev1.Service) {
+func (p *Prober) countFreePorts(ctx context.Context) error {
+	if p.Reader == nil {
+		return nil
+	}
+	var sets appsv1.StatefulSetList
+	if err := p.Reader.List(ctx, &sets, client.MatchingLabels{patches.LabelExpose: patches.ExposeValue}); err != nil {
+		return fmt.Errorf("listing opted-in StatefulSets: %w", err)
+	}
+	var services corev1.ServiceList
+	if err := p.Reader.List(ctx, &services); err != nil {
+		return fmt.Errorf("listing Services: %w", err)
+	}
 	var held []patches.PortRange
-	for _, sts := range sets {
+	for _, sts := range sets.Items {
 		if cfg, errs := patches.ParseConfig(sts.Annotations, nil, p.Options); len(errs) == 0 && cfg.HoldsBlock() {
 			held = append(held, cfg.Block())
 		}
 	}
-	for _, svc := range services {
+	for _, svc := range services.Items {
 		for _, port := range svc.Spec.Ports {
 			if port.NodePort != 0 {
 				held = append(held, patches.PortRange{First: port.NodePort, Last: port.NodePort})
@@ -360,10 +495,11 @@ func (p *Prober) countFreePorts(sets []appsv1.StatefulSet, services []corev1.Ser
 	}
 	band := p.Options.PortRange
 	portsFree.WithLabelValues(band.String()).Set(float64(FreePorts(band, held)))
+	return nil
 }
 
-func cmpTarget(a, b Target) int {
-	return cmp.Or(strings.Compare(a.Pod, b.Pod), strings.Compare(a.Listener, b.Listener))
+func cmpKey(a, b types.NamespacedName) int {
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
 func boolValue(b bool) float64 {

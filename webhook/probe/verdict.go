@@ -12,9 +12,12 @@ import (
 )
 
 // This file is the probe's pure half: what was published, what an answer means, what to say.
-// The I/O (dialing, Kafka requests, the loop, metrics, Events) is in kafka.go and probe.go.
+// The I/O (dialing, Kafka requests, the loop, metrics, Events) is in kafka.go and probe.go; what
+// the in-cluster probe dials, computed as purely, in targets.go.
 
-// Published is what brokerport published for one StatefulSet, read back from its ConfigMap.
+// Published is what brokerport published for one StatefulSet, read back from its ConfigMap by
+// `brokerport check`, which dials from the user's machine. The in-cluster probe reads no
+// ConfigMap: the controller hands it what it computed (targets.go).
 type Published struct {
 	// Listeners in the order they are probed: the Kafka listener (the one whose
 	// <listener>.bootstrap.servers is the ConfigMap's bootstrap.servers) first, then by name.
@@ -151,25 +154,33 @@ const (
 	Reachable State = iota
 	Unreachable
 	Mismatch
+	// NotProbed: the probe did not dial the address, and Reason says why (a host the StatefulSet
+	// chose, a cap, a round that ran out of time).
+	NotProbed
 )
 
 // Verdict is the probe's judgement of one broker's address on one listener.
 type Verdict struct {
 	State State
-	// Reason says why it is unreachable.
+	// Reason says why it is unreachable, or not probed.
 	Reason string
 	// Advertises is what a mismatched broker advertises instead of the dialed address.
 	Advertises string
+	// later: not probed only because the round ran out (of time, or of its address cap); the
+	// broker goes first in the next round, and its last probe's verdict stands meanwhile.
+	later bool
 }
 
-// String is the verdict as published: "reachable", "unreachable: <reason>" or
-// "advertises <address>".
+// String is the verdict as published: "reachable", "unreachable: <reason>",
+// "advertises <address>" or "not probed: <reason>".
 func (v Verdict) String() string {
 	switch v.State {
 	case Unreachable:
 		return "unreachable: " + v.Reason
 	case Mismatch:
 		return "advertises " + v.Advertises
+	case NotProbed:
+		return "not probed: " + v.Reason
 	}
 	return "reachable"
 }
@@ -215,6 +226,33 @@ func whatItAdvertises(dialed string, advertised, published []string) string {
 	return "something else: the cluster's brokers are " + strings.Join(slices.Sorted(slices.Values(advertised)), ",")
 }
 
+// unpublished is what the in-cluster probe says a mismatched broker advertises when that is not
+// an address brokerport computed for its StatefulSet.
+const unpublished = "an address brokerport did not publish for it (brokerport check --from-here names it)"
+
+// judgeInCluster is Judge for the in-cluster probe, whose verdicts go into Events and a ConfigMap
+// the StatefulSet's users read; peers are every address computed for the StatefulSet's brokers on
+// the dialed listener, own those of all its listeners. A Metadata response is bytes from whatever
+// listens at the dialed address; the address is brokerport's own choice, but what answers there
+// need not be the broker (a hostNetwork pod of someone else, a relay to another team's cluster).
+// So what it advertises is named only when it is one of the addresses brokerport computed for
+// this StatefulSet (a sibling's, or another listener's: a configuration mix-up). Anything else is
+// said to be an address brokerport did not publish, without repeating it or the cluster's broker
+// list: `brokerport check --from-here`, run with the user's own network and rights, names it.
+func judgeInCluster(dialed string, mode Mode, obs Observation, peers []string, own [][]string) Verdict {
+	v := Judge(dialed, mode, obs, peers)
+	if v.State != Mismatch || len(obs.Advertised) == 0 {
+		return v
+	}
+	for _, addrs := range own {
+		if slices.ContainsFunc(addrs, func(a string) bool { return sameAddress(a, v.Advertises) }) {
+			return v
+		}
+	}
+	v.Advertises = unpublished
+	return v
+}
+
 // sameAddress compares host:port addresses, DNS names without regard to case or a final dot.
 func sameAddress(a, b string) bool {
 	ha, pa, errA := net.SplitHostPort(a)
@@ -243,9 +281,9 @@ type Event struct {
 // Transition is the Event for a broker's verdict on a listener going from before (known tells
 // whether there was one) to now: a Warning on becoming unreachable or mismatched (or changing
 // from one to the other), a Normal on recovery, nothing otherwise; a healthy first verdict says
-// nothing.
+// nothing, and neither does an address not probed (its line in the ConfigMap says why).
 func Transition(pod, listener, address string, before Verdict, known bool, now Verdict) (Event, bool) {
-	if known && before.State == now.State {
+	if now.State == NotProbed || known && before.State == now.State {
 		return Event{}, false
 	}
 	switch now.State {
@@ -264,14 +302,14 @@ func Transition(pod, listener, address string, before Verdict, known bool, now V
 }
 
 // ReachabilityKeys are the ConfigMap keys the probe adds: "<listener>.reachability", one
-// "<pod> <verdict>" line per broker probed on that listener, by pod name.
-func ReachabilityKeys(pub Published, verdicts map[Target]Verdict) map[string]string {
+// "<pod> <verdict>" line per broker with a verdict on that listener, in the order of pods.
+func ReachabilityKeys(listeners, pods []string, verdicts map[Target]Verdict) map[string]string {
 	out := map[string]string{}
-	for _, l := range pub.Listeners {
+	for _, l := range listeners {
 		var lines []string
-		for _, b := range pub.Brokers {
-			if v, ok := verdicts[Target{Pod: b.Pod, Listener: l}]; ok {
-				lines = append(lines, b.Pod+" "+v.String())
+		for _, pod := range pods {
+			if v, ok := verdicts[Target{Pod: pod, Listener: l}]; ok {
+				lines = append(lines, pod+" "+v.String())
 			}
 		}
 		if len(lines) > 0 {

@@ -137,19 +137,69 @@ func TestTransition(t *testing.T) {
 }
 
 func TestReachabilityKeys(t *testing.T) {
-	pub := ParsePublished(map[string]string{
-		"bootstrap.servers": "h0:1,h1:3", "kafka.bootstrap.servers": "h0:1,h1:3", "kafka.addresses": "rp-0 h0:1\nrp-1 h1:3",
-		"admin.bootstrap.servers": "h0:2,h1:4", "admin.addresses": "rp-0 h0:2\nrp-1 h1:4",
-	})
-	got := ReachabilityKeys(pub, map[Target]Verdict{
+	got := ReachabilityKeys([]string{"kafka", "admin"}, []string{"rp-0", "rp-1", "rp-2"}, map[Target]Verdict{
 		{Pod: "rp-0", Listener: "kafka"}: {State: Reachable},
 		{Pod: "rp-1", Listener: "kafka"}: {State: Mismatch, Advertises: "h1:9"},
 		{Pod: "rp-1", Listener: "admin"}: {State: Unreachable, Reason: "connection refused"},
+		{Pod: "rp-2", Listener: "kafka"}: {State: NotProbed, Reason: "why"},
+		{Pod: "rp-9", Listener: "kafka"}: {State: Reachable}, // not one of the pods
 	})
 	assert.Equal(t, map[string]string{
-		"kafka.reachability": "rp-0 reachable\nrp-1 advertises h1:9",
+		"kafka.reachability": "rp-0 reachable\nrp-1 advertises h1:9\nrp-2 not probed: why",
 		"admin.reachability": "rp-1 unreachable: connection refused",
 	}, got)
+}
+
+// judgeInCluster names what a broker advertises only when brokerport computed that address for
+// the StatefulSet: the rest is a listener's bytes, not repeated in Events or the ConfigMap.
+func TestJudgeInCluster(t *testing.T) {
+	kafka := []string{"10.0.0.1:30000", "10.0.0.2:30002", "10.0.0.3:30004"}
+	admin := []string{"10.0.0.1:30001", "10.0.0.2:30003", "10.0.0.3:30005"}
+	own := [][]string{kafka, admin}
+	tests := map[string]struct {
+		advertised []string
+		want       string
+	}{
+		"advertises its own address": {
+			advertised: kafka, want: "reachable",
+		},
+		"advertises its admin listener's address (named: brokerport computed it)": {
+			advertised: []string{"10.0.0.1:30000", "10.0.0.2:30003", "10.0.0.3:30004"},
+			want:       "advertises 10.0.0.2:30003",
+		},
+		"advertises the wrong port on its host": {
+			advertised: []string{"10.0.0.1:30000", "10.0.0.2:9092", "10.0.0.3:30004"},
+			want:       "advertises an address brokerport did not publish for it (brokerport check --from-here names it)",
+		},
+		"another team's brokers": {
+			advertised: []string{"kafka-0.payments.svc:9092", "kafka-1.payments.svc:9092"},
+			want:       "advertises " + unpublished,
+		},
+		"one of another team's, with its siblings": {
+			advertised: []string{"10.0.0.1:30000", "kafka-0.payments.svc:9092", "10.0.0.3:30004"},
+			want:       "advertises " + unpublished,
+		},
+		"nothing": {
+			advertised: []string{}, want: "advertises no broker (empty Metadata response)",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := judgeInCluster("10.0.0.2:30002", KafkaMetadata, Observation{Advertised: tc.advertised}, kafka, own)
+			assert.Equal(t, tc.want, v.String())
+			if e, said := Transition("rp-1", "kafka", "10.0.0.2:30002", Verdict{}, true, v); said {
+				assert.NotContains(t, e.Message, "payments")
+				assert.NotContains(t, e.Message, ":9092")
+			}
+		})
+	}
+}
+
+func TestTransitionNotProbed(t *testing.T) {
+	for _, before := range []Verdict{{State: Reachable}, {State: Unreachable, Reason: "x"}} {
+		_, said := Transition("rp-1", "kafka", "10.0.0.2:30002", before, true, Verdict{State: NotProbed, Reason: "why"})
+		assert.False(t, said, "an address not probed says nothing in Events: its line does")
+	}
 }
 
 func TestFreePorts(t *testing.T) {
