@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/brokerport/brokerport/patches"
+	"github.com/brokerport/brokerport/webhook/controller"
 )
 
 const brokerportUser = "system:serviceaccount:brokerport-system:brokerport"
@@ -39,13 +40,16 @@ const brokerportUser = "system:serviceaccount:brokerport-system:brokerport"
 type compiledPolicy struct {
 	*admissionregistrationv1.ValidatingAdmissionPolicy
 	validator validating.Validator
+	// paramRef is its binding's, for a policy with parameters.
+	paramRef *admissionregistrationv1.ParamRef
 }
 
 func compilePolicy(t *testing.T, p *admissionregistrationv1.ValidatingAdmissionPolicy) *compiledPolicy {
 	t.Helper()
 	compiler, err := cel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
 	require.NoError(t, err)
-	vars := cel.OptionalVariableDeclarations{HasAuthorizer: true}
+	hasParams := p.Spec.ParamKind != nil
+	vars := cel.OptionalVariableDeclarations{HasParams: hasParams, HasAuthorizer: true}
 	// The API server refuses a policy whose expressions do not compile; so does this test.
 	compiles := func(what string, e cel.ExpressionAccessor) {
 		if e != nil {
@@ -77,7 +81,7 @@ func compilePolicy(t *testing.T, p *admissionregistrationv1.ValidatingAdmissionP
 	}
 	v := validating.NewValidator(
 		compiler.CompileCondition(validations, vars, environment.StoredExpressions), matcher, compiler.CompileCondition(nil, vars, environment.StoredExpressions),
-		compiler.CompileCondition(messages, cel.OptionalVariableDeclarations{}, environment.StoredExpressions), p.Spec.FailurePolicy, nil)
+		compiler.CompileCondition(messages, cel.OptionalVariableDeclarations{HasParams: hasParams}, environment.StoredExpressions), p.Spec.FailurePolicy, nil)
 	require.NoError(t, v.CompileError(), p.Name)
 	return &compiledPolicy{ValidatingAdmissionPolicy: p, validator: v}
 }
@@ -86,19 +90,20 @@ func compilePolicy(t *testing.T, p *admissionregistrationv1.ValidatingAdmissionP
 func policies(t *testing.T) map[string]*compiledPolicy {
 	t.Helper()
 	out := map[string]*compiledPolicy{}
-	bound := map[string]bool{}
+	bound := map[string]*admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
 	for _, o := range decode(t, "standalone") {
 		switch p := o.(type) {
 		case *admissionregistrationv1.ValidatingAdmissionPolicy:
 			out[p.Name] = compilePolicy(t, p)
 		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
 			assert.Equal(t, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}, p.Spec.ValidationActions, p.Name)
-			assert.Nil(t, p.Spec.ParamRef, p.Name)
-			bound[p.Spec.PolicyName] = true
+			bound[p.Spec.PolicyName] = p
 		}
 	}
-	for name := range out {
-		assert.True(t, bound[name], "policy %s has no binding", name)
+	for name, p := range out {
+		require.NotNil(t, bound[name], "policy %s has no binding", name)
+		p.paramRef = bound[name].Spec.ParamRef
+		assert.Equal(t, p.Spec.ParamKind != nil, p.paramRef != nil, "policy %s: parameters and their reference go together", name)
 	}
 	return out
 }
@@ -108,6 +113,7 @@ type req struct {
 	op       admission.Operation
 	user     string
 	obj, old client.Object
+	params   *corev1.ConfigMap // the parameters of a policy that has them; nil: not found
 }
 
 var resources = map[string]schema.GroupVersionResource{
@@ -139,6 +145,18 @@ func (p *compiledPolicy) admit(t *testing.T, r req) string {
 	if !p.matches(gvr, r.op) {
 		return ""
 	}
+	var params runtime.Object
+	if p.paramRef != nil {
+		if r.params == nil {
+			// As the API server does: with parameters not found, the binding says what to do.
+			require.NotNil(t, p.paramRef.ParameterNotFoundAction, p.Name)
+			if *p.paramRef.ParameterNotFoundAction == admissionregistrationv1.AllowAction {
+				return ""
+			}
+			return "parameters not found"
+		}
+		params = r.params
+	}
 	var obj, old runtime.Object // a nil client.Object stays a nil runtime.Object
 	if r.obj != nil {
 		obj = r.obj
@@ -154,7 +172,7 @@ func (p *compiledPolicy) admit(t *testing.T, r req) string {
 	attrs.VersionedObject = admission.NewLazyObject(attrs.GetObject())
 	attrs.VersionedOldObject = admission.NewLazyObject(attrs.GetOldObject())
 	namespace := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: some.GetNamespace()}}
-	result := p.validator.Validate(context.Background(), gvr, attrs, nil, namespace, celconfig.RuntimeCELCostBudget, nil)
+	result := p.validator.Validate(context.Background(), gvr, attrs, params, namespace, celconfig.RuntimeCELCostBudget, nil)
 	for _, d := range result.Decisions {
 		require.NotEqual(t, validating.EvalError, d.Evaluation, "%s: %s", p.Name, d.Message)
 		if d.Action == validating.ActionDeny {
@@ -173,36 +191,56 @@ func nodePortService(namespace string, labels map[string]string, nodePorts ...in
 	return svc
 }
 
+// portBlocks is the parameters ConfigMap as brokerport's controller writes it
+// (controller.PortBlocks).
+func portBlocks(blocks map[string]string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: controller.PortBlocksConfigMap, Namespace: "brokerport-system"}, Data: blocks}
+}
+
+// redpandaChartService is the external NodePort Service the Redpanda chart (and operator) make by
+// default: its schema registry and HTTP proxy take 30081 and 30082, inside brokerport's band.
+func redpandaChartService() *corev1.Service {
+	svc := nodePortService("redpanda", nil, 31644, 31092, 30082, 30081)
+	svc.Name = "redpanda-external"
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	return svc
+}
+
 func TestPortBandPolicy(t *testing.T) {
 	p := policies(t)["brokerport-port-band"]
 	require.NotNil(t, p)
-	band := patches.DefaultPortRange
+	// Two StatefulSets hold blocks; the rest of the band is free.
+	blocks := portBlocks(map[string]string{"team-a.kafka": "30000-30023", "team-c.logs": "30040-30047"})
 	brokerLabels := map[string]string{patches.LabelExpose: patches.ExposeValue, patches.LabelCluster: "kafka"}
-	denied := fmt.Sprintf("is in brokerport's port band %d-%d", band.First, band.Last)
+	denied := "is in port block 30000-30023, which brokerport assigned to the brokers of a StatefulSet labeled brokerport.io/expose=true"
 	tests := map[string]struct {
 		req  req
 		deny string // a part of the message; "" for allowed
 	}{
-		"first port of the band":  {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, band.First)}, deny: fmt.Sprintf("spec.ports[].nodePort %d %s", band.First, denied)},
-		"last port of the band":   {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, band.Last)}, deny: denied},
-		"below the band":          {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, band.First-1)}},
-		"above the band":          {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, band.Last+1)}},
-		"second port in the band": {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 31000, 30003)}, deny: "nodePort 30003 is in"},
-		"no nodePort":             {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 0)}},
-		"no ports":                {req: req{op: admission.Create, user: "alice", obj: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless", Namespace: "team-b"}}}},
-		"admins too":              {req: req{op: admission.Create, user: "system:admin", obj: nodePortService("team-b", nil, 30003)}, deny: denied},
-		"brokerport itself":       {req: req{op: admission.Create, user: brokerportUser, obj: nodePortService("team-a", nil, 30003)}},
-		"another ServiceAccount":  {req: req{op: admission.Create, user: "system:serviceaccount:team-b:brokerport", obj: nodePortService("team-b", nil, 30003)}, deny: denied},
-		"a broker Service":        {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-a", brokerLabels, 30003)}},
-		"opt-in label only":       {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-a", map[string]string{patches.LabelExpose: patches.ExposeValue}, 30003)}, deny: denied},
-		"broker labels, kube-system where no webhook looks": {req: req{op: admission.Create, user: "alice", obj: nodePortService("kube-system", brokerLabels, 30003)}, deny: denied},
-		"update keeping a port held before the policy":      {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", map[string]string{"edited": "yes"}, 30003), old: nodePortService("team-b", nil, 30003)}},
-		"update moving to another port of the band":         {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", nil, 30004), old: nodePortService("team-b", nil, 30003)}, deny: "nodePort 30004"},
-		"update adding a port of the band":                  {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", nil, 30003, 30004), old: nodePortService("team-b", nil, 30003)}, deny: "nodePort 30004"},
-		"update moving out of the band":                     {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", nil, 31000), old: nodePortService("team-b", nil, 30003)}},
+		"first port of a block":  {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30000)}, deny: "spec.ports[].nodePort 30000 " + denied},
+		"last port of a block":   {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30023)}, deny: denied},
+		"another block":          {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30041)}, deny: "nodePort 30041 is in port block 30040-30047"},
+		"between blocks":         {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30024, 30039)}},
+		"below the band":         {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 29999)}},
+		"above the band":         {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30086)}},
+		"second port in a block": {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 31000, 30003)}, deny: "nodePort 30003 is in"},
+		"no nodePort":            {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 0)}},
+		"no ports":               {req: req{op: admission.Create, user: "alice", obj: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless", Namespace: "team-b"}}}},
+		"admins too":             {req: req{op: admission.Create, user: "system:admin", obj: nodePortService("team-b", nil, 30003)}, deny: denied},
+		"brokerport itself":      {req: req{op: admission.Create, user: brokerportUser, obj: nodePortService("team-a", nil, 30003)}},
+		"another ServiceAccount": {req: req{op: admission.Create, user: "system:serviceaccount:team-b:brokerport", obj: nodePortService("team-b", nil, 30003)}, deny: denied},
+		"a broker Service":       {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-a", brokerLabels, 30003)}},
+		"opt-in label only":      {req: req{op: admission.Create, user: "alice", obj: nodePortService("team-a", map[string]string{patches.LabelExpose: patches.ExposeValue}, 30003)}, deny: denied},
+		"the Redpanda chart's default external Service, in a namespace that never opted in": {req: req{op: admission.Create, user: "alice", obj: redpandaChartService()}},
+		"broker labels, kube-system where no webhook looks":                                 {req: req{op: admission.Create, user: "alice", obj: nodePortService("kube-system", brokerLabels, 30003)}, deny: denied},
+		"update keeping a port held before its block":                                       {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", map[string]string{"edited": "yes"}, 30003), old: nodePortService("team-b", nil, 30003)}},
+		"update moving to another port of a block":                                          {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", nil, 30004), old: nodePortService("team-b", nil, 30003)}, deny: "nodePort 30004"},
+		"update adding a port of a block":                                                   {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", nil, 30003, 30004), old: nodePortService("team-b", nil, 30003)}, deny: "nodePort 30004"},
+		"update moving out of the blocks":                                                   {req: req{op: admission.Update, user: "alice", obj: nodePortService("team-b", nil, 31000), old: nodePortService("team-b", nil, 30003)}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
+			tc.req.params = blocks
 			msg := p.admit(t, tc.req)
 			if tc.deny == "" {
 				assert.Empty(t, msg)
@@ -211,25 +249,34 @@ func TestPortBandPolicy(t *testing.T) {
 			assert.Contains(t, msg, tc.deny)
 		})
 	}
+	t.Run("before brokerport wrote its blocks nothing is refused", func(t *testing.T) {
+		assert.Empty(t, p.admit(t, req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30003)}))
+	})
+	t.Run("no block assigned", func(t *testing.T) {
+		assert.Empty(t, p.admit(t, req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30003), params: portBlocks(nil)}))
+	})
+	t.Run("a value brokerport did not write is ignored, not an error that would refuse every Service", func(t *testing.T) {
+		bad := portBlocks(map[string]string{"x.y": "30000-", "x.z": "a-b", "x.w": "99999999-1", "team-a.kafka": "30000-30023"})
+		assert.Contains(t, p.admit(t, req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30001), params: bad}), "port block 30000-30023")
+		assert.Empty(t, p.admit(t, req{op: admission.Create, user: "alice", obj: nodePortService("team-b", nil, 30030), params: bad}))
+	})
 }
 
-// The band is written once in the policy; it must be brokerport's default --port-range, and the
-// Deployment must not set another.
-func TestPortBandIsBrokerportsRange(t *testing.T) {
+// The policy reads the ConfigMap the controller writes; nothing in the Deployment may move the
+// names the policies hold.
+func TestPortBandParametersAreTheControllers(t *testing.T) {
 	p := policies(t)["brokerport-port-band"]
 	require.NotNil(t, p)
-	vars := map[string]string{}
-	for _, v := range p.Spec.Variables {
-		vars[v.Name] = v.Expression
-	}
-	assert.Equal(t, strconv.Itoa(int(patches.DefaultPortRange.First)), vars["first"])
-	assert.Equal(t, strconv.Itoa(int(patches.DefaultPortRange.Last)), vars["last"])
+	require.NotNil(t, p.paramRef)
+	assert.Equal(t, controller.PortBlocksConfigMap, p.paramRef.Name)
+	assert.Equal(t, "brokerport-system", p.paramRef.Namespace)
+	assert.Equal(t, &admissionregistrationv1.ParamKind{APIVersion: "v1", Kind: "ConfigMap"}, p.Spec.ParamKind)
 	for _, overlay := range []string{"default", "standalone"} {
 		for _, o := range decode(t, overlay) {
 			if d, ok := o.(*appsv1.Deployment); ok {
 				for _, arg := range d.Spec.Template.Spec.Containers[0].Args {
-					assert.False(t, strings.HasPrefix(arg, "--port-range"), "%s: %s: the policy brokerport-port-band must follow it", overlay, arg)
 					assert.False(t, strings.HasPrefix(arg, "--cert-secret"), "%s: %s: the policy brokerport-writes names the Secret", overlay, arg)
+					assert.False(t, strings.HasPrefix(arg, "--namespace"), "%s: %s: the policies name brokerport-system", overlay, arg)
 				}
 			}
 		}
@@ -361,7 +408,12 @@ func TestWritesPolicy(t *testing.T) {
 		"its ConfigMap in kube-system":       {req: req{op: admission.Create, obj: owned(configMap("kube-system"))}, deny: "brokerport may not write configmaps in namespace kube-system"},
 		"delete in kube-system":              {req: req{op: admission.Delete, old: owned(configMap("kube-system"))}, deny: "in namespace kube-system"},
 		"its ConfigMap in brokerport-system": {req: req{op: admission.Create, obj: owned(configMap("brokerport-system"))}, deny: "in namespace brokerport-system"},
-		"its certificate Secret":             {req: req{op: admission.Create, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}}}},
+		"the port blocks, created":           {req: req{op: admission.Create, obj: portBlocks(map[string]string{"team-a.kafka": "30000-30023"})}},
+		"the port blocks, updated": {req: req{op: admission.Update, obj: portBlocks(map[string]string{"team-a.kafka": "30000-30023"}),
+			old: portBlocks(nil)}},
+		"the port blocks, deleted":                   {req: req{op: admission.Delete, old: portBlocks(nil)}, deny: "in namespace brokerport-system"},
+		"the port blocks' name in another namespace": {req: req{op: admission.Create, obj: func() *corev1.ConfigMap { c := portBlocks(nil); c.Namespace = "team-a"; return c }()}, deny: "brokerport writes only configmaps it owns"},
+		"its certificate Secret":                     {req: req{op: admission.Create, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}}}},
 		"renew its certificate Secret": {req: req{op: admission.Update, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}},
 			old: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "brokerport-webhook-tls", Namespace: "brokerport-system"}}}},
 		"another Secret":                      {req: req{op: admission.Create, obj: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "brokerport-system"}}}, deny: "brokerport writes only one Secret"},

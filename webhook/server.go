@@ -71,23 +71,33 @@ func CacheOptions() cache.Options {
 	if err != nil {
 		panic(err) // a constant requirement
 	}
+	managed, err := labels.NewRequirement(patches.LabelManagedBy, selection.Equals, []string{patches.ManagedByValue})
+	if err != nil {
+		panic(err) // a constant requirement
+	}
 	return cache.Options{
+		// What brokerport made is labeled managed-by=brokerport: anything else of a kind not
+		// listed below (cert-manager's Certificates) is left out of memory.
+		DefaultLabelSelector: labels.NewSelector().Add(*managed),
 		ByObject: map[client.Object]cache.ByObject{
 			&appsv1.StatefulSet{}: {
 				Label:     labels.SelectorFromSet(labels.Set{patches.LabelExpose: patches.ExposeValue}),
 				Transform: keepStatefulSet,
 			},
-			&corev1.Service{}: {Transform: keepServicePorts},
-			&corev1.Node{}:    {Transform: keepNodeAddress},
+			// Every Service's nodePorts and every node's address: explicitly every object, or
+			// DefaultLabelSelector would apply.
+			&corev1.Service{}: {Label: labels.Everything(), Transform: keepServicePorts},
+			&corev1.Node{}:    {Label: labels.Everything(), Transform: keepNodeAddress},
 			&corev1.Pod{}: {
 				Label:     labels.SelectorFromSet(labels.Set{patches.LabelExpose: patches.ExposeValue}),
 				Transform: keepBrokerPod,
 			},
-			&corev1.ConfigMap{}: {Label: labels.NewSelector().Add(*published)},
-			&corev1.Namespace{}: {Transform: keepPodSecurity},
+			&corev1.ConfigMap{}: {Label: labels.NewSelector().Add(*published, *managed)},
+			&corev1.Namespace{}: {Label: labels.Everything(), Transform: keepPodSecurity},
 			// No cert-manager Certificate here: an entry makes the manager map its kind at
 			// start, which fails where cert-manager is not installed. Once the controller
-			// watches them (controller.CertManagerInstalled), they are cached whole.
+			// watches them (controller.CertManagerInstalled), brokerport's own are cached
+			// (DefaultLabelSelector).
 		},
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}

@@ -33,6 +33,9 @@ func New(scheme *runtime.Scheme, opts cache.Options, objs ...client.Object) (*Re
 	r := &Reader{scheme: scheme, objects: map[reflect.Type]map[client.ObjectKey]client.Object{}}
 	for _, obj := range objs {
 		selector, transform := labels.Everything(), opts.DefaultTransform
+		if opts.DefaultLabelSelector != nil {
+			selector = opts.DefaultLabelSelector
+		}
 		for of, by := range opts.ByObject {
 			if reflect.TypeOf(of) == reflect.TypeOf(obj) {
 				if by.Label != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -27,6 +27,7 @@ import (
 
 	"github.com/brokerport/brokerport/patches"
 	"github.com/brokerport/brokerport/webhook"
+	"github.com/brokerport/brokerport/webhook/controller"
 )
 
 const (
@@ -40,10 +41,8 @@ func TestSecurity(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c := env.admin
-	require.NoError(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: securityNS}}))
-	t.Cleanup(func() {
-		_ = c.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: securityNS}})
-	})
+	// Removed as every scenario's: its opted-in StatefulSet first, then the namespace.
+	convergeNamespace(t, ctx, securityNS, nil)
 	require.NoError(t, waitFor(ctx, 30*time.Second, "the namespace's default ServiceAccount", func() error {
 		return c.Get(ctx, client.ObjectKey{Namespace: securityNS, Name: "default"}, &corev1.ServiceAccount{})
 	}))
@@ -77,6 +76,7 @@ func TestSecurity(t *testing.T) {
 // warning, and are enforced (the API server loads them asynchronously, about a second after they
 // are created): dry-run requests, which admission sees, are refused.
 func policiesAccepted(t *testing.T, ctx context.Context, owner *appsv1.StatefulSet) {
+	block := assignedBlock(t, ctx)
 	policies := env.clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies()
 	for _, name := range []string{"brokerport-port-band", "brokerport-writes", "brokerport-pod-writes", "brokerport-statefulset-writes"} {
 		require.NoError(t, waitFor(ctx, 30*time.Second, "type checking of "+name, func() error {
@@ -96,7 +96,7 @@ func policiesAccepted(t *testing.T, ctx context.Context, owner *appsv1.StatefulS
 	bp := asBrokerport(t)
 	probes := map[string]func() error{
 		"brokerport-port-band": func() error {
-			return env.admin.Create(ctx, nodePortService("probe", freeBandPort(t, ctx)), client.DryRunAll)
+			return env.admin.Create(ctx, nodePortService("probe", block.Last), client.DryRunAll)
 		},
 		"brokerport-writes": func() error {
 			return bp.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: securityNS}}, client.DryRunAll)
@@ -115,24 +115,32 @@ func policiesAccepted(t *testing.T, ctx context.Context, owner *appsv1.StatefulS
 	}
 }
 
-// freeBandPort is a port of brokerport's band that no Service holds, from the top of the band
-// (blocks are assigned from the bottom).
-func freeBandPort(t *testing.T, ctx context.Context) int32 {
-	var services corev1.ServiceList
-	require.NoError(t, env.admin.List(ctx, &services))
-	var held []int32
-	for _, s := range services.Items {
-		for _, p := range s.Spec.Ports {
-			held = append(held, p.NodePort)
-		}
+// assignedBlock opts in StatefulSet "blocked" of the security namespace, with no brokers, once,
+// and returns its port block as soon as brokerport has published it in the parameters of the
+// port-band policy (ConfigMap brokerport-system/brokerport-port-blocks).
+func assignedBlock(t *testing.T, ctx context.Context) patches.PortRange {
+	t.Helper()
+	sts := brokerStatefulSet(securityNS, "blocked", 0)
+	if err := env.admin.Create(ctx, sts); err != nil && !apierrors.IsAlreadyExists(err) {
+		require.NoError(t, err)
 	}
-	for port := patches.DefaultPortRange.Last; port >= patches.DefaultPortRange.First; port-- {
-		if !slices.Contains(held, port) && !slices.Contains(held, port-1) {
-			return port
+	var block patches.PortRange
+	require.NoError(t, waitFor(ctx, 30*time.Second, "the block of security/blocked among the port-band policy's parameters", func() error {
+		cfg, err := stsConfig(ctx, securityNS, "blocked")
+		if err != nil {
+			return err
 		}
-	}
-	t.Fatal("no free port in the band")
-	return 0
+		block = cfg.Block()
+		cm := &corev1.ConfigMap{}
+		if err := env.admin.Get(ctx, client.ObjectKey{Namespace: "brokerport-system", Name: controller.PortBlocksConfigMap}, cm); err != nil {
+			return err
+		}
+		if want := fmt.Sprintf("%d-%d", block.First, block.Last); cm.Data[securityNS+".blocked"] != want {
+			return fmt.Errorf("%s lists %q for security/blocked, want %q", controller.PortBlocksConfigMap, cm.Data[securityNS+".blocked"], want)
+		}
+		return nil
+	}))
+	return block
 }
 
 func nodePortService(name string, nodePort int32) *corev1.Service {
@@ -169,20 +177,33 @@ func asBrokerport(t *testing.T) client.Client {
 
 func squatRefused(t *testing.T, ctx context.Context, owner *appsv1.StatefulSet) {
 	c := env.admin
-	port := freeBandPort(t, ctx)
-	band := fmt.Sprintf("brokerport's port band %d-%d", patches.DefaultPortRange.First, patches.DefaultPortRange.Last)
+	block := assignedBlock(t, ctx)
+	port := block.Last // the block's StatefulSet has no brokers: no Service holds it
+	inBlock := fmt.Sprintf("is in port block %d-%d, which brokerport assigned", block.First, block.Last)
 
 	err := c.Create(ctx, nodePortService("squatter", port))
-	require.Error(t, err, "a Service from another namespace took nodePort %d", port)
+	require.Error(t, err, "a Service from another namespace took nodePort %d of block %s", port, block)
 	assert.Contains(t, err.Error(), "ValidatingAdmissionPolicy 'brokerport-port-band'")
-	assert.Contains(t, err.Error(), fmt.Sprintf("spec.ports[].nodePort %d is in %s", port, band))
+	assert.Contains(t, err.Error(), fmt.Sprintf("spec.ports[].nodePort %d %s", port, inBlock))
 
 	// Outside the band: none of brokerport's business.
 	outside := nodePortService("outside", patches.DefaultPortRange.Last+100)
 	require.NoError(t, c.Create(ctx, outside))
 	require.NoError(t, c.Delete(ctx, outside))
 
-	// A Service that already holds a port of the band (here brokerport's own) keeps it through
+	// Inside the band but in no block: the Redpanda chart's default external Service (schema
+	// registry 30081, HTTP proxy 30082, with externalTrafficPolicy Local), in a namespace that
+	// never opted in, is admitted, and the next block assigned skips its ports.
+	chart := redpandaChartService()
+	for _, p := range chart.Spec.Ports {
+		if p.NodePort >= block.First && p.NodePort <= block.Last {
+			t.Fatalf("the test's block %s overlaps the chart's nodePort %d: the band is more crowded than the test expects", block, p.NodePort)
+		}
+	}
+	require.NoError(t, c.Create(ctx, chart), "the Redpanda chart's default Service, with brokerport installed")
+	defer func() { _ = c.Delete(ctx, chart) }()
+
+	// A Service that already holds a port of a block (here brokerport's own) keeps it through
 	// an update, and cannot move to another.
 	held := ownedBy(nodePortService("held", port), owner)
 	require.NoError(t, asBrokerport(t).Create(ctx, held))
@@ -190,7 +211,23 @@ func squatRefused(t *testing.T, ctx context.Context, owner *appsv1.StatefulSet) 
 	require.NoError(t, c.Patch(ctx, held, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"edited":"by a user"}}}`))))
 	err = c.Patch(ctx, held, client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"ports":[{"name":"kafka","port":9092,"nodePort":%d}]}}`, port-1))))
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), fmt.Sprintf("spec.ports[].nodePort %d is in %s", port-1, band))
+	assert.Contains(t, err.Error(), fmt.Sprintf("spec.ports[].nodePort %d is in port block", port-1))
+}
+
+// redpandaChartService is the external NodePort Service the Redpanda chart (and operator) make by
+// default, as `helm template redpanda/redpanda` renders it.
+func redpandaChartService() *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "redpanda-external", Namespace: securityNS},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			Selector: map[string]string{"app.kubernetes.io/name": "redpanda"},
+			Ports: []corev1.ServicePort{
+				{Name: "admin-default", Port: 9645, NodePort: 31644},
+				{Name: "kafka-default", Port: 9094, NodePort: 31092},
+				{Name: "http-default", Port: 8083, NodePort: 30082},
+				{Name: "schema-default", Port: 8084, NodePort: 30081},
+			}},
+	}
 }
 
 func brokerportBounded(t *testing.T, ctx context.Context, owner *appsv1.StatefulSet) {

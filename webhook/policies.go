@@ -1,0 +1,143 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+// RBAC is in force as soon as it is applied; a ValidatingAdmissionPolicy only once the API server
+// has loaded it, asynchronously, about a second later. Until then brokerport's identity could
+// write what its policies forbid (a ConfigMap of kube-system, another team's pod), so its
+// controller does not start, and it does not say ready, until each policy is seen refusing a
+// write brokerport must never make.
+
+// policyCheckName names the objects of the checks' dry-run writes: nothing is stored.
+const policyCheckName = "brokerport-policy-check"
+
+// policyCheck is one dry-run write that the named policy must refuse to brokerport's identity,
+// though RBAC grants it: a refusal that names the policy proves the policy in force. write returns
+// errNothingToCheck when the cluster has no object to make the write on.
+type policyCheck struct {
+	policy string
+	write  func(ctx context.Context, c client.Client) error
+}
+
+// errNothingToCheck: RBAC lets brokerport update pods and StatefulSets, not create them, so their
+// policies are checked on an existing object; where there is none, there is nothing the policy
+// would protect yet.
+var errNothingToCheck = errors.New("no object to check on")
+
+// policyChecks: a ConfigMap created in kube-system (brokerport-writes), a pod annotation that is
+// not brokerport's (brokerport-pod-writes) and a label added to a StatefulSet
+// (brokerport-statefulset-writes), each on the first object listed, all dry runs.
+var policyChecks = []policyCheck{
+	{policy: "brokerport-writes", write: func(ctx context.Context, c client.Client) error {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: policyCheckName, Namespace: metav1.NamespaceSystem}}
+		return c.Create(ctx, cm, client.DryRunAll)
+	}},
+	{policy: "brokerport-pod-writes", write: func(ctx context.Context, c client.Client) error {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods, client.Limit(1)); err != nil {
+			return fmt.Errorf("listing a pod to check on: %w", err)
+		}
+		if len(pods.Items) == 0 {
+			return errNothingToCheck
+		}
+		return c.Patch(ctx, &pods.Items[0], client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"`+policyCheckName+`":"dry-run"}}}`)), client.DryRunAll)
+	}},
+	{policy: "brokerport-statefulset-writes", write: func(ctx context.Context, c client.Client) error {
+		var sets appsv1.StatefulSetList
+		if err := c.List(ctx, &sets, client.Limit(1)); err != nil {
+			return fmt.Errorf("listing a StatefulSet to check on: %w", err)
+		}
+		if len(sets.Items) == 0 {
+			return errNothingToCheck
+		}
+		return c.Patch(ctx, &sets.Items[0], client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"`+policyCheckName+`":"dry-run"}}}`)), client.DryRunAll)
+	}},
+}
+
+// CheckPolicies makes each check's dry-run write and returns, joined, an error for every policy
+// not seen refusing it (naming the policy and what the API server answered instead), and the
+// policies that could not be checked for want of an object.
+func CheckPolicies(ctx context.Context, c client.Client) (unchecked []string, err error) {
+	var errs []error
+	for _, check := range policyChecks {
+		err := check.write(ctx, c)
+		switch {
+		case errors.Is(err, errNothingToCheck):
+			unchecked = append(unchecked, check.policy)
+		case err == nil:
+			errs = append(errs, fmt.Errorf("ValidatingAdmissionPolicy %s is not in force: a dry-run write it forbids was admitted", check.policy))
+		case !strings.Contains(err.Error(), "ValidatingAdmissionPolicy '"+check.policy+"'"):
+			errs = append(errs, fmt.Errorf("ValidatingAdmissionPolicy %s is not seen in force: a dry-run write it forbids was answered: %w", check.policy, err))
+		}
+	}
+	return unchecked, errors.Join(errs...)
+}
+
+// PolicyGate holds brokerport's controllers and readiness until its policies are in force.
+type PolicyGate struct {
+	Client client.Client // acts as brokerport's identity, whose writes the policies hold
+	Every  time.Duration // between checks while one is not in force (default 1 s)
+
+	inForce atomic.Bool
+	last    atomic.Pointer[error]
+}
+
+// InForce tells whether every policy has been seen in force.
+func (g *PolicyGate) InForce() bool { return g.inForce.Load() }
+
+// Ready is a readiness check: it fails, naming the policies, until they are in force.
+func (g *PolicyGate) Ready() error {
+	if g.InForce() {
+		return nil
+	}
+	if err := g.last.Load(); err != nil {
+		return *err
+	}
+	return errors.New("brokerport's ValidatingAdmissionPolicies have not been checked yet")
+}
+
+// Start checks until every policy is in force, logging what is missing (each distinct answer
+// once), then returns: a manager Runnable of every replica.
+func (g *PolicyGate) Start(ctx context.Context) error {
+	log := logf.FromContext(ctx).WithName("policies")
+	every := g.Every
+	if every <= 0 {
+		every = time.Second
+	}
+	said := ""
+	for {
+		unchecked, err := CheckPolicies(ctx, g.Client)
+		if err == nil {
+			g.inForce.Store(true)
+			log.Info("brokerport's ValidatingAdmissionPolicies are in force; its controller starts", "notCheckedForWantOfAnObject", unchecked)
+			return nil
+		}
+		g.last.Store(&err)
+		if err.Error() != said {
+			log.Error(err, "waiting for brokerport's ValidatingAdmissionPolicies before the controller starts (kubectl get validatingadmissionpolicies,validatingadmissionpolicybindings: install manifests/base/policy.yaml)")
+			said = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
+}
+
+// NeedLeaderElection: every replica checks, for its own readiness.
+func (g *PolicyGate) NeedLeaderElection() bool { return false }
