@@ -59,8 +59,8 @@ func TestOverlaysDecodeStrictly(t *testing.T) {
 			assert.Equal(t, 1, kinds["Deployment"])
 			assert.Equal(t, 1, kinds["MutatingWebhookConfiguration"])
 			assert.Equal(t, 1, kinds["PodDisruptionBudget"])
-			assert.Equal(t, 4, kinds["ValidatingAdmissionPolicy"], "the port band, and brokerport's writes to three kinds of object")
-			assert.Equal(t, 4, kinds["ValidatingAdmissionPolicyBinding"])
+			assert.Equal(t, 5, kinds["ValidatingAdmissionPolicy"], "the port band, brokerport's writes to three kinds of object, and what its Certificates ask for")
+			assert.Equal(t, 5, kinds["ValidatingAdmissionPolicyBinding"])
 			assert.Equal(t, 2, kinds["Service"], "the webhook's and the metrics'")
 			if overlay == "default" {
 				assert.Equal(t, 2, kinds["Certificate"])

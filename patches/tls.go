@@ -1,8 +1,10 @@
 package patches
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -187,4 +189,214 @@ func needsGate(cfg Config, opts Options) *field.Error {
 		return field.Invalid(annotations.Key(AnnotationTLSIssuer), cfg.TLSIssuer.String(), "the broker must wait for a certificate that names its address, which needs brokerport's gate: run brokerport serve with --gate-image (the install manifests do)")
 	}
 	return nil
+}
+
+// Which hosts a certificate may name. brokerport asks an issuer, with its own identity, for a
+// certificate whose key lands in the tenant's Secret: a name in it must be one brokerport derived,
+// not one a tenant wrote. A node's address (by the address-types preference) and the ingress of
+// brokerport's own LoadBalancer Service are derived; what a host template gives is the tenant's
+// text, certified only where an admin allowed it for that issuer (serve --tls-allowed-hosts). The
+// in-cluster names BrokerCertificate adds are derived from the StatefulSet's own pod and
+// governing Service in its namespace.
+
+// FlagTLSAllowedHosts is the serve flag that allows, per issuer, the hosts of a host template.
+const FlagTLSAllowedHosts = "--tls-allowed-hosts"
+
+// HostSource is where a broker's advertised host came from.
+type HostSource uint8
+
+const (
+	// HostSourceUnknown: the facts changed while they were read (the node's addresses, between
+	// two reads of the cache); nothing is decided on it.
+	HostSourceUnknown HostSource = iota
+	// HostFromNodeAddress: the node's first address of the preferred types (no host template, or
+	// the template could not give this node a host).
+	HostFromNodeAddress
+	// HostFromLoadBalancer: the ingress of the broker's own LoadBalancer Service.
+	HostFromLoadBalancer
+	// HostFromTemplate: brokerport.io/host-template, the StatefulSet's text.
+	HostFromTemplate
+)
+
+func (s HostSource) String() string {
+	switch s {
+	case HostFromNodeAddress:
+		return "a node address"
+	case HostFromLoadBalancer:
+		return "the load balancer's ingress"
+	case HostFromTemplate:
+		return AnnotationHostTemplate
+	}
+	return "unknown"
+}
+
+// AdvertisedHostSource tells where host, what ObserveBroker gave a broker bound to node, came
+// from, deciding as ObserveBroker does. The node is read only with a host template: a host is the
+// template's unless the template could not give this node one (SelectAddress's fallback).
+func AdvertisedHostSource(cfg Config, node *corev1.Node, host string) HostSource {
+	switch {
+	case cfg.LoadBalanced():
+		return HostFromLoadBalancer
+	case cfg.HostTemplate == nil:
+		return HostFromNodeAddress
+	case node == nil:
+		return HostSourceUnknown
+	}
+	addr, err := SelectAddress(node, cfg)
+	switch {
+	case err != nil || addr.Host != host:
+		return HostSourceUnknown
+	case addr.Fallback != "":
+		return HostFromNodeAddress
+	}
+	return HostFromTemplate
+}
+
+// AllowedIssuer is an issuer of --tls-allowed-hosts: a ClusterIssuer (Namespace ""), or the
+// Issuer of one namespace (an Issuer of that name in another namespace is another issuer).
+type AllowedIssuer struct {
+	Kind, Namespace, Name string
+}
+
+func (a AllowedIssuer) String() string {
+	if a.Kind == cmapi.IssuerKind {
+		return a.Kind + "/" + a.Namespace + "/" + a.Name
+	}
+	return a.Kind + "/" + a.Name
+}
+
+// AllowedHosts are the hosts of a host template an admin allows an issuer to certify.
+type AllowedHosts struct {
+	// Suffixes, lower case and each starting with ".", allow the DNS names under them.
+	Suffixes []string
+	// Prefixes allow the IP addresses in them.
+	Prefixes []netip.Prefix
+}
+
+// CertificateHosts is serve --tls-allowed-hosts: per issuer, the hosts of a host template
+// brokerport may ask it to certify. Empty (the default): none.
+type CertificateHosts map[AllowedIssuer]AllowedHosts
+
+// certificateHostsSyntax is what a parse error offers.
+const certificateHostsSyntax = `ISSUER=ENTRY,ENTRY;ISSUER=...: ISSUER is ClusterIssuer/<name> or Issuer/<namespace>/<name>, ENTRY a DNS suffix starting with "." or a CIDR, e.g. ClusterIssuer/brokers-ca=.kafka.example.com,10.0.0.0/8`
+
+// ParseCertificateHosts reads --tls-allowed-hosts, e.g.
+// "ClusterIssuer/brokers-ca=.kafka.example.com,10.0.0.0/8;Issuer/team-a/team-ca=.team-a.example.com".
+// Spaces around entries are ignored; an empty group (a trailing ";") is skipped. An error names
+// the bad entry.
+func ParseCertificateHosts(v string) (CertificateHosts, error) {
+	allow := CertificateHosts{}
+	for _, group := range strings.Split(v, ";") {
+		if group = strings.TrimSpace(group); group == "" {
+			continue
+		}
+		key, list, ok := strings.Cut(group, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: no \"=\"; want %s", clip(group, maxEchoed), certificateHostsSyntax)
+		}
+		issuer, err := parseAllowedIssuer(strings.TrimSpace(key))
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := allow[issuer]; dup {
+			return nil, fmt.Errorf("%s is given twice: list all its hosts in one entry", issuer)
+		}
+		var hosts AllowedHosts
+		for _, entry := range strings.Split(list, ",") {
+			if entry = strings.TrimSpace(entry); entry == "" {
+				continue
+			}
+			if err := hosts.add(entry); err != nil {
+				return nil, fmt.Errorf("%s: %q: %w", issuer, clip(entry, maxEchoed), err)
+			}
+		}
+		if len(hosts.Suffixes)+len(hosts.Prefixes) == 0 {
+			return nil, fmt.Errorf("%s allows no host; want %s", issuer, certificateHostsSyntax)
+		}
+		allow[issuer] = hosts
+	}
+	return allow, nil
+}
+
+func parseAllowedIssuer(s string) (AllowedIssuer, error) {
+	parts := strings.Split(s, "/")
+	var a AllowedIssuer
+	switch {
+	case len(parts) == 2 && parts[0] == cmapi.ClusterIssuerKind:
+		a = AllowedIssuer{Kind: parts[0], Name: parts[1]}
+	case len(parts) == 3 && parts[0] == cmapi.IssuerKind:
+		a = AllowedIssuer{Kind: parts[0], Namespace: parts[1], Name: parts[2]}
+		if msgs := validation.IsDNS1123Label(a.Namespace); len(msgs) > 0 {
+			return a, fmt.Errorf("%q: %q is not a namespace name", clip(s, maxEchoed), clipPart(a.Namespace))
+		}
+	case len(parts) == 2 && parts[0] == cmapi.IssuerKind:
+		return a, fmt.Errorf("%q: an Issuer is namespaced: write Issuer/<namespace>/%s", clip(s, maxEchoed), clipPart(parts[1]))
+	default:
+		return a, fmt.Errorf("%q is not an issuer: write ClusterIssuer/<name> or Issuer/<namespace>/<name>", clip(s, maxEchoed))
+	}
+	if msgs := validation.IsDNS1123Subdomain(a.Name); len(msgs) > 0 {
+		return a, fmt.Errorf("%q: %q is not the name of a cert-manager %s (a DNS subdomain)", clip(s, maxEchoed), clipPart(a.Name), a.Kind)
+	}
+	return a, nil
+}
+
+// add reads one entry: a DNS suffix (".kafka.example.com") or a CIDR ("10.0.0.0/8").
+func (h *AllowedHosts) add(entry string) error {
+	if strings.Contains(entry, "/") {
+		p, err := netip.ParsePrefix(entry)
+		switch {
+		case err != nil:
+			return errors.New("not a CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)")
+		case p != p.Masked():
+			return fmt.Errorf("has bits set past its prefix length: %s?", p.Masked())
+		}
+		h.Prefixes = append(h.Prefixes, p)
+		return nil
+	}
+	suffix, ok := strings.CutPrefix(entry, ".")
+	if addr, err := netip.ParseAddr(entry); err == nil {
+		return fmt.Errorf("one IP address is written as a CIDR: %s", netip.PrefixFrom(addr.WithZone(""), addr.BitLen()))
+	} else if !ok {
+		return fmt.Errorf(`neither a DNS suffix nor a CIDR: a suffix starts with "." (".%s" allows the names under it)`, clipPart(strings.TrimPrefix(entry, "*.")))
+	}
+	if _, err := netip.ParseAddr(suffix); err == nil || checkHost(suffix) != nil {
+		return errors.New(`not a DNS suffix (".", then a DNS name: letters, digits, '-' and '.')`)
+	}
+	h.Suffixes = append(h.Suffixes, "."+strings.ToLower(suffix))
+	return nil
+}
+
+// holds tells whether the entries allow host: an IP address in one of the prefixes (an
+// IPv4-mapped IPv6 address as the IPv4 address a certificate names), a DNS name under one of the
+// suffixes (in any case).
+func (h AllowedHosts) holds(host string) bool {
+	if ip := net.ParseIP(host); ip != nil {
+		addr, _ := netip.AddrFromSlice(ip)
+		return slices.ContainsFunc(h.Prefixes, func(p netip.Prefix) bool { return p.Contains(addr.Unmap()) })
+	}
+	host = strings.ToLower(host)
+	return slices.ContainsFunc(h.Suffixes, func(s string) bool { return len(host) > len(s) && strings.HasSuffix(host, s) })
+}
+
+// CertificateHostAllowed decides whether brokerport may ask issuer (brokerport.io/tls-issuer of a
+// StatefulSet in namespace) for a certificate naming host, which came from source: a host
+// brokerport derived always, a host template's only when allow holds it for that issuer. The
+// error says why not, naming the host, the issuer and the flag that would allow it.
+func CertificateHostAllowed(namespace string, issuer IssuerRef, host string, source HostSource, allow CertificateHosts) error {
+	switch source {
+	case HostFromNodeAddress, HostFromLoadBalancer:
+		return nil
+	case HostFromTemplate:
+	default:
+		return fmt.Errorf("where host %s comes from is not known yet (its node changed as it was read)", host)
+	}
+	key := AllowedIssuer{Kind: issuer.Kind, Name: issuer.Name}
+	if issuer.Kind == cmapi.IssuerKind {
+		key.Namespace = namespace
+	}
+	if allow[key].holds(host) {
+		return nil
+	}
+	return fmt.Errorf("%s gives host %s, which brokerport asks %s to certify only if %s allows it, and no DNS suffix or CIDR of %s there holds it, so no Certificate names it",
+		AnnotationHostTemplate, host, issuer, FlagTLSAllowedHosts, key)
 }

@@ -129,8 +129,14 @@ func serve(args []string) error {
 	certHosts := fs.String("cert-hosts", "", "comma-separated DNS names and IPs of the self-managed serving certificate (default: the brokerport-webhook Service's names in --namespace)")
 	certLifetime := fs.Duration("cert-lifetime", 0, "lifetime of the self-managed CA and serving certificate, renewed at 2/3 of it; for tests and short-lived clusters (default: CA 10 years, serving certificate 1 year)")
 	certGrace := fs.Duration("cert-grace", certs.Options{}.Defaults().Grace, "how long the caBundle carries a new self-managed CA before a certificate it signed is served; shorter only for tests and short-lived clusters, and less than a third of --cert-lifetime")
-	probePeriod := fs.Duration("probe-period", probe.DefaultPeriod, "how often the elected replica dials every published broker address (jittered ±10%); 0 turns the probe off")
+	probePeriod := fs.Duration("probe-period", probe.DefaultPeriod, "how often the elected replica dials every broker address it computed (jittered ±10%); 0 turns the probe off")
 	probeConcurrency := fs.Int("probe-concurrency", probe.DefaultConcurrency, "brokers probed at once (each broker gets one connection at a time)")
+	probeHostTemplates := fs.Bool("probe-host-templates", false, "also dial, from inside the cluster, broker hosts made by a StatefulSet's brokerport.io/host-template (its author's choice, so off by default: such brokers are published and said not probed)")
+	var tlsAllowedHosts []string
+	fs.Func(strings.TrimPrefix(patches.FlagTLSAllowedHosts, "--"), `per cert-manager issuer, the hosts a StatefulSet's brokerport.io/host-template may give that brokerport asks that issuer (brokerport.io/tls-issuer) to certify; a host from a node's addresses or from brokerport's load balancer needs no entry. ISSUER=ENTRY,ENTRY;ISSUER=...: ISSUER is ClusterIssuer/<name> or Issuer/<namespace>/<name>, ENTRY a DNS suffix starting with "." (.kafka.example.com allows b0.kafka.example.com, not kafka.example.com) or a CIDR (10.0.0.0/8, 2001:db8::/32, 203.0.113.7/32); repeatable, each issuer once, e.g. --tls-allowed-hosts='ClusterIssuer/brokers-ca=.kafka.example.com,10.0.0.0/8;Issuer/team-a/team-ca=.team-a.example.com' (default: none; a host template's host gets no certificate)`, func(v string) error {
+		tlsAllowedHosts = append(tlsAllowedHosts, v)
+		return nil
+	})
 	options := optionFlags(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -140,6 +146,10 @@ func serve(args []string) error {
 	opts, err := options()
 	if err != nil {
 		return err
+	}
+	certificateHosts, err := patches.ParseCertificateHosts(strings.Join(tlsAllowedHosts, ";"))
+	if err != nil {
+		return fmt.Errorf("%s: %w", patches.FlagTLSAllowedHosts, err)
 	}
 	if *certLifetime != 0 && (*certLifetime < 0 || *certGrace >= *certLifetime/3) {
 		return fmt.Errorf("--cert-grace %s must be less than a third of --cert-lifetime %s: a CA must be published for the grace period before the previous one expires", *certGrace, *certLifetime)
@@ -191,6 +201,16 @@ func serve(args []string) error {
 			return err
 		}
 	}
+	// The controller writes, and brokerport says ready, only once the API server enforces its
+	// policies on its own identity (checked with dry-run writes, direct to the API server).
+	gateClient, err := client.New(mgr.GetConfig(), client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	gate := &webhook.PolicyGate{Client: gateClient}
+	if err := mgr.Add(gate); err != nil {
+		return err
+	}
 	// Start the informers with the manager, so that readiness can wait for them.
 	if err := startInformers(ctx, mgr); err != nil {
 		return err
@@ -212,16 +232,20 @@ func serve(args []string) error {
 	mgr.GetWebhookServer().Register(webhook.PathBindings, webhook.CountedWebhook("bindings",
 		webhook.NewBindingHandler(clusters, mgr.GetCache(), mgr.GetAPIReader(), snapshot, recorder, opts)))
 
-	prober := &probe.Prober{Reader: mgr.GetCache(), Events: recorder, Options: opts, Period: *probePeriod, Concurrency: *probeConcurrency}
+	prober := &probe.Prober{Reader: mgr.GetCache(), Events: recorder, Options: opts, Period: *probePeriod, Concurrency: *probeConcurrency, HostTemplates: *probeHostTemplates}
 	if err := mgr.Add(prober); err != nil {
 		return fmt.Errorf("setting up the probe: %w", err)
 	}
-	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts}
+	reconciler := &controller.Reconciler{Client: mgr.GetClient(), API: mgr.GetAPIReader(), Events: recorder, Options: opts, MayWrite: gate.InForce, CertificateHosts: certificateHosts}
 	if *probePeriod > 0 {
-		reconciler.Reachability, reconciler.ProbeChanges = prober, prober.Changes()
+		reconciler.Reachability, reconciler.Targets, reconciler.ProbeChanges = prober, prober, prober.Changes()
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
+	}
+	blocks := &controller.PortBlocksWriter{Cache: mgr.GetCache(), API: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: *namespace, Options: opts, MayWrite: gate.InForce}
+	if err := blocks.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the port blocks writer: %w", err)
 	}
 	if *bindingConditions {
 		if err := matchconditions.Setup(mgr, matchconditions.Options{WebhookConfig: *webhookConfig}); err != nil {
@@ -233,6 +257,9 @@ func serve(args []string) error {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("policies", func(*http.Request) error { return gate.Ready() }); err != nil {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("caches", func(req *http.Request) error {

@@ -16,6 +16,7 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -106,6 +107,45 @@ func TestTLS(t *testing.T) {
 		require.Error(t, err)
 		t.Logf("as expected: %v", err)
 	})
+
+	t.Run("brokerport's identity asks only for what it makes", func(t *testing.T) {
+		certificateWritesPolicy(t, ctx, sts)
+	})
+}
+
+// certificateWritesPolicy: the policy brokerport-certificate-writes type-checks against
+// cert-manager's CRD with no warning, lets a Certificate as brokerport makes it through and
+// refuses, to brokerport's identity, one that asks for more (a CA naming two hosts), all dry runs.
+func certificateWritesPolicy(t *testing.T, ctx context.Context, sts *appsv1.StatefulSet) {
+	const name = "brokerport-certificate-writes"
+	policies := env.clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies()
+	require.NoError(t, waitFor(ctx, 30*time.Second, "type checking of "+name, func() error {
+		p, err := policies.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.TypeChecking == nil || p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("not type-checked yet")
+		}
+		for _, w := range p.Status.TypeChecking.ExpressionWarnings {
+			t.Errorf("%s %s: %s", name, w.FieldRef, w.Warning)
+		}
+		return nil
+	}))
+	cfg, errs := patches.ParseConfig(sts.Annotations, nil, patches.DefaultOptions())
+	require.Empty(t, errs)
+	bp := asBrokerport(t)
+	made := patches.BrokerCertificate(sts, cfg, 5, "203.0.113.5") // no broker 5: nothing of that name exists
+	require.NoError(t, bp.Create(ctx, made, client.DryRunAll), "a Certificate as brokerport makes it")
+	more := patches.BrokerCertificate(sts, cfg, 6, "login.bank.example")
+	more.Spec.IsCA = true
+	more.Spec.IPAddresses = []string{"203.0.113.6"}
+	require.NoError(t, waitFor(ctx, 30*time.Second, name+" enforced", func() error {
+		if err := bp.Create(ctx, more.DeepCopy(), client.DryRunAll); err == nil || !strings.Contains(err.Error(), "ValidatingAdmissionPolicy '"+name+"'") {
+			return fmt.Errorf("not refused by the policy: %v", err)
+		}
+		return nil
+	}))
 }
 
 // brokersCA makes, in namespace ns, a self-signed Issuer, a CA Certificate issued by it and the CA

@@ -28,8 +28,10 @@ func CertManagerInstalled(mapper meta.RESTMapper) bool {
 
 // certificates keeps one cert-manager Certificate per broker whose host is known, naming that
 // host (states, by ordinal from first), and removes those of brokers past the replicas once their
-// pods are gone. It returns what is known of each broker's certificate; one broker's failure does
-// not stop the others'.
+// pods are gone. A host brokerport did not derive (a host template's) is named only where the
+// admin allowed it for the issuer (Reconciler.CertificateHosts): otherwise no Certificate names it and
+// the broker's problem says so. It returns what is known of each broker's certificate; one
+// broker's failure does not stop the others'.
 func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, first int, states []patches.BrokerState, brokers map[int]*corev1.Pod) (map[int]patches.CertificateFacts, error) {
 	facts := map[int]patches.CertificateFacts{}
 	if !r.CertManager {
@@ -58,17 +60,36 @@ func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, 
 			facts[ordinal] = f
 			continue
 		}
+		source, err := r.hostSource(ctx, cfg, brokers[ordinal], state.Host)
+		if err != nil || source == patches.HostSourceUnknown {
+			// The node changed while this reconcile read it (its update reconciles again), or
+			// could not be read: nothing is decided on a host of unknown origin.
+			errs = append(errs, err)
+			facts[ordinal] = f
+			continue
+		}
+		if err := patches.CertificateHostAllowed(sts.Namespace, *cfg.TLSIssuer, state.Host, source, r.CertificateHosts); err != nil {
+			f.Problem = fmt.Sprintf("StatefulSet %s/%s: %v", sts.Namespace, sts.Name, err)
+			errs = append(errs, r.withoutHost(ctx, sts, cfg, ordinal, state, current))
+			facts[ordinal] = f
+			continue
+		}
 		want := patches.BrokerCertificate(sts, cfg, ordinal, state.Host)
 		switch {
 		case current == nil:
-			switch err := r.Client.Create(ctx, want); {
-			case apierrors.IsAlreadyExists(err):
-				// Made a moment ago; the cache shows it at the next reconcile.
-			case err != nil:
-				f.Problem = fmt.Sprintf("creating Certificate %s: %v", name, err)
+			if f.Problem = r.createCertificate(ctx, sts, cfg, state, want); f.Problem != "" {
 				errs = append(errs, errors.New(f.Problem))
-			default:
-				r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "CertificateRequested", "Certificate", "broker %s: Certificate %s asks %s for a certificate naming %s", state.Pod, name, cfg.TLSIssuer, state.Host)
+			}
+		case current.Spec.IssuerRef != want.Spec.IssuerRef:
+			// Another issuer: the Certificate is replaced, never pointed at another issuer in
+			// place (the policy brokerport-certificate-writes refuses that).
+			if err := r.deleteCertificate(ctx, current); err != nil {
+				f.Problem = err.Error()
+			} else {
+				f.Problem = r.createCertificate(ctx, sts, cfg, state, want)
+			}
+			if f.Problem != "" {
+				errs = append(errs, errors.New(f.Problem))
 			}
 		case !sameCertificate(current, want):
 			update := current.DeepCopy()
@@ -102,6 +123,78 @@ func (r *Reconciler) certificates(ctx context.Context, sts *appsv1.StatefulSet, 
 		}
 	}
 	return facts, errors.Join(errs...)
+}
+
+// createCertificate creates a broker's Certificate, returning what went wrong ("" when it is
+// made, or was made a moment ago).
+func (r *Reconciler) createCertificate(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, state patches.BrokerState, want *cmapi.Certificate) string {
+	switch err := r.Client.Create(ctx, want); {
+	case apierrors.IsAlreadyExists(err):
+		// Made a moment ago (or still going away); the cache shows it at the next reconcile.
+	case err != nil:
+		return fmt.Sprintf("creating Certificate %s: %v", want.Name, err)
+	default:
+		r.Events.Eventf(sts, nil, corev1.EventTypeNormal, "CertificateRequested", "Certificate", "broker %s: Certificate %s asks %s for a certificate naming %s", state.Pod, want.Name, cfg.TLSIssuer, state.Host)
+	}
+	return ""
+}
+
+// hostSource tells where a broker's host came from, reading its node from the cache only when a
+// host template may have given the host.
+func (r *Reconciler) hostSource(ctx context.Context, cfg patches.Config, pod *corev1.Pod, host string) (patches.HostSource, error) {
+	var node *corev1.Node
+	if cfg.HostTemplate != nil && !cfg.LoadBalanced() && pod != nil {
+		node = &corev1.Node{}
+		switch err := r.Client.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node); {
+		case apierrors.IsNotFound(err):
+			node = nil
+		case err != nil:
+			return patches.HostSourceUnknown, fmt.Errorf("getting node %s: %w", pod.Spec.NodeName, err)
+		}
+	}
+	return patches.AdvertisedHostSource(cfg, node, host), nil
+}
+
+// withoutHost brings the Certificate of a broker whose host brokerport may not ask the issuer
+// for back to the broker's in-cluster names: no Certificate is made for such a host, and one made
+// before (by an earlier brokerport, or for an earlier host) stops naming anything else, rather
+// than being renewed by cert-manager for ever. Its reissued Secret no longer names the host, so
+// the broker's gate holds it. Deleted when there is nothing left to name, or when it asks another
+// issuer.
+func (r *Reconciler) withoutHost(ctx context.Context, sts *appsv1.StatefulSet, cfg patches.Config, ordinal int, state patches.BrokerState, current *cmapi.Certificate) error {
+	if current == nil {
+		return nil
+	}
+	keep := patches.BrokerCertificate(sts, cfg, ordinal, "")
+	if sameCertificate(current, keep) {
+		return nil
+	}
+	var dropped []string
+	for _, n := range slices.Concat(current.Spec.DNSNames, current.Spec.IPAddresses) {
+		if !slices.Contains(keep.Spec.DNSNames, n) {
+			dropped = append(dropped, n)
+		}
+	}
+	why := fmt.Sprintf("brokerport asks %s only for hosts it derived or %s allows", cfg.TLSIssuer, patches.FlagTLSAllowedHosts)
+	if len(keep.Spec.DNSNames) == 0 || current.Spec.IssuerRef != keep.Spec.IssuerRef {
+		if err := r.deleteCertificate(ctx, current); err != nil {
+			return err
+		}
+		if len(dropped) > 0 {
+			r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "CertificateHostDropped", "Certificate", "broker %s: Certificate %s deleted: it named %s, and %s", state.Pod, current.Name, strings.Join(dropped, ", "), why)
+		}
+		return nil
+	}
+	update := current.DeepCopy()
+	update.Spec = keep.Spec
+	update.Labels = keep.Labels
+	if err := r.Client.Update(ctx, update); err != nil {
+		return fmt.Errorf("updating Certificate %s: %w", current.Name, err)
+	}
+	if len(dropped) > 0 {
+		r.Events.Eventf(sts, nil, corev1.EventTypeWarning, "CertificateHostDropped", "Certificate", "broker %s: Certificate %s no longer names %s: %s; cert-manager reissues it with the broker's in-cluster names only", state.Pod, current.Name, strings.Join(dropped, ", "), why)
+	}
+	return nil
 }
 
 // certificatePatience is how long an issuer may take before a broker waiting for its certificate

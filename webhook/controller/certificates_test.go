@@ -148,3 +148,146 @@ func TestCertificateOfAnotherNameLeftAlone(t *testing.T) {
 	f.reconcile()
 	require.NoError(t, f.client.Get(context.Background(), client.ObjectKey{Namespace: "kafka", Name: "x"}, &cmapi.Certificate{}))
 }
+
+// certificateNames lists the Certificates in the fixture's namespace.
+func (f *fixture) certificateNames() []string {
+	f.t.Helper()
+	var list cmapi.CertificateList
+	require.NoError(f.t, f.client.List(context.Background(), &list, client.InNamespace("kafka")))
+	var names []string
+	for _, c := range list.Items {
+		names = append(names, c.Name)
+	}
+	return names
+}
+
+// withHostTemplate sets brokerport.io/host-template on the fixture's StatefulSet.
+func (f *fixture) withHostTemplate(template string) {
+	f.t.Helper()
+	f.sts.Annotations[patches.AnnotationHostTemplate] = template
+	require.NoError(f.t, f.client.Update(context.Background(), f.sts))
+}
+
+// Issue 27: a host template is the tenant's text. A ClusterIssuer must not be asked, by
+// brokerport's identity, for a name no node or load balancer has and no admin allowed: no
+// Certificate, and the broker is said not exposed, naming the StatefulSet, the host, the issuer
+// and the flag that would allow it.
+func TestCertificateNotMadeForATemplateHostNoAdminAllowed(t *testing.T) {
+	f := newTLSFixture(t)
+	f.withHostTemplate("login.bank.example")
+	f.reconcile()
+	assert.Empty(t, f.certificateNames(), "no Certificate asks for login.bank.example")
+	status := f.configMap()["status"]
+	for i := range 3 {
+		assert.Contains(t, status, fmt.Sprintf("redpanda-%d not exposed: StatefulSet kafka/redpanda: %s gives host login.bank.example, which brokerport asks ClusterIssuer/brokers-ca to certify only if --tls-allowed-hosts allows it", i, patches.AnnotationHostTemplate))
+	}
+	assert.Empty(t, f.configMap()["bootstrap.servers"])
+	events := strings.Join(drainEvents(f.events), "\n")
+	assert.Contains(t, events, "Warning BrokerNotExposed broker redpanda-0 is not exposed: StatefulSet kafka/redpanda: "+patches.AnnotationHostTemplate+" gives host login.bank.example, which brokerport asks ClusterIssuer/brokers-ca to certify only if --tls-allowed-hosts allows it")
+	assert.NotContains(t, events, "CertificateRequested")
+
+	f.reconcile()
+	assert.Empty(t, f.certificateNames())
+	assert.NotContains(t, strings.Join(drainEvents(f.events), "\n"), "BrokerNotExposed", "said once, not at every reconcile")
+}
+
+// The same for an IP literal, which would have been an IP SAN.
+func TestCertificateNotMadeForATemplateIPNoAdminAllowed(t *testing.T) {
+	f := newTLSFixture(t)
+	f.withHostTemplate("10.20.30.40")
+	f.reconcile()
+	assert.Empty(t, f.certificateNames(), "no Certificate asks for 10.20.30.40")
+	assert.Contains(t, f.configMap()["status"], "redpanda-1 not exposed: StatefulSet kafka/redpanda: "+patches.AnnotationHostTemplate+" gives host 10.20.30.40, which brokerport asks ClusterIssuer/brokers-ca to certify only if --tls-allowed-hosts allows it")
+}
+
+// A Certificate an earlier brokerport made for a template's host no admin allowed is brought back
+// to the broker's in-cluster names: cert-manager would otherwise renew the name for ever, and the
+// reissued Secret no longer lets the broker's gate pass.
+func TestCertificateForAHostNoLongerAllowedDropsIt(t *testing.T) {
+	f := newTLSFixture(t)
+	f.withHostTemplate("login.bank.example")
+	cfg, errs := patches.ParseConfig(f.sts.Annotations, nil, f.r.Options)
+	require.Empty(t, errs)
+	require.NoError(t, f.client.Create(context.Background(), patches.BrokerCertificate(f.sts, cfg, 0, "login.bank.example")))
+	f.reconcile()
+	cert := f.certificate(0)
+	assert.Equal(t, []string{"redpanda-0.redpanda", "redpanda-0.redpanda.kafka", "redpanda-0.redpanda.kafka.svc", "redpanda-0.redpanda.kafka.svc.cluster.local"}, cert.Spec.DNSNames)
+	assert.Empty(t, cert.Spec.IPAddresses)
+	assert.Equal(t, []string{"redpanda-0-external-tls"}, f.certificateNames(), "none made for the others")
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Warning CertificateHostDropped broker redpanda-0: Certificate redpanda-0-external-tls no longer names login.bank.example")
+	f.reconcile()
+	assert.Empty(t, f.writes, "a second reconcile writes nothing")
+}
+
+// A Certificate's issuer is never changed in place (the policy brokerport-certificate-writes
+// refuses it): the Certificate is replaced.
+func TestCertificateOfAnotherIssuerReplaced(t *testing.T) {
+	f := newTLSFixture(t)
+	f.reconcile()
+	f.sts.Annotations[patches.AnnotationTLSIssuer] = "Issuer/team-ca"
+	require.NoError(t, f.client.Update(context.Background(), f.sts))
+	f.reconcile()
+	assert.NotContains(t, f.writes, "update *v1.Certificate redpanda-0-external-tls")
+	assert.Contains(t, f.writes, "delete *v1.Certificate redpanda-0-external-tls")
+	f.reconcile()
+	assert.Equal(t, cmmeta.IssuerReference{Group: "cert-manager.io", Kind: "Issuer", Name: "team-ca"}, f.certificate(0).Spec.IssuerRef)
+	assert.Equal(t, []string{"127.0.1.1"}, f.certificate(0).Spec.IPAddresses)
+}
+
+// allow sets the fixture's --tls-allowed-hosts.
+func (f *fixture) allow(flag string) {
+	f.t.Helper()
+	allow, err := patches.ParseCertificateHosts(flag)
+	require.NoError(f.t, err)
+	f.r.CertificateHosts = allow
+}
+
+// A host template's host the admin allowed for the issuer gets its Certificate; until the admin
+// allows it, none (an allow-list for another suffix, or for another issuer, is no allowance).
+func TestCertificateForATemplateHostTheAdminAllowed(t *testing.T) {
+	f := newTLSFixture(t)
+	f.withHostTemplate("{{.Node}}.kafka.example.com")
+	f.allow("ClusterIssuer/brokers-ca=.other.example.com;Issuer/kafka/brokers-ca=.kafka.example.com")
+	f.reconcile()
+	assert.Empty(t, f.certificateNames())
+	assert.Contains(t, f.configMap()["status"], "redpanda-0 not exposed: StatefulSet kafka/redpanda: "+patches.AnnotationHostTemplate+" gives host node-0.kafka.example.com, which brokerport asks ClusterIssuer/brokers-ca to certify only if --tls-allowed-hosts allows it")
+	drainEvents(f.events)
+
+	f.allow("ClusterIssuer/brokers-ca=.kafka.example.com,10.0.0.0/8")
+	f.reconcile()
+	cert := f.certificate(0)
+	assert.Equal(t, []string{"node-0.kafka.example.com", "redpanda-0.redpanda", "redpanda-0.redpanda.kafka", "redpanda-0.redpanda.kafka.svc", "redpanda-0.redpanda.kafka.svc.cluster.local"}, cert.Spec.DNSNames)
+	assert.Contains(t, strings.Join(drainEvents(f.events), "\n"), "Normal CertificateRequested broker redpanda-1: Certificate redpanda-1-external-tls asks ClusterIssuer/brokers-ca for a certificate naming node-1.kafka.example.com")
+	for i := range 3 {
+		f.issue(i)
+	}
+	f.reconcile()
+	assert.Equal(t, "redpanda-0 exposed\nredpanda-1 exposed\nredpanda-2 exposed", f.configMap()["status"])
+	assert.Equal(t, "node-0.kafka.example.com:30000,node-1.kafka.example.com:30002,node-2.kafka.example.com:30004", f.configMap()["bootstrap.servers"])
+}
+
+// A template that cannot give a node a host falls back to the node's address: derived, certified
+// with no allowance.
+func TestCertificateForATemplatesFallbackNeedsNoAllowance(t *testing.T) {
+	f := newTLSFixture(t)
+	f.withHostTemplate("{{.Node}}.{{.Zone}}.kafka.example.com") // the nodes have no zone label
+	f.reconcile()
+	assert.Equal(t, []string{"127.0.1.2"}, f.certificate(1).Spec.IPAddresses)
+	assert.NotContains(t, f.configMap()["status"], patches.FlagTLSAllowedHosts)
+}
+
+// The loadbalancer strategy's host is the ingress of brokerport's own Service: derived, certified
+// with no allowance.
+func TestCertificateForALoadBalancerNeedsNoAllowance(t *testing.T) {
+	f, _ := newLoadBalancerFixture(t)
+	f.sts.Annotations[patches.AnnotationTLSIssuer] = "ClusterIssuer/brokers-ca"
+	require.NoError(t, f.client.Update(context.Background(), f.sts))
+	f.r.CertManager = true
+	f.reconcile()
+	f.giveIngress(0, corev1.LoadBalancerIngress{Hostname: "b0.elb.example.com"})
+	f.giveIngress(1, corev1.LoadBalancerIngress{IP: "203.0.113.11"})
+	f.reconcile()
+	assert.Equal(t, []string{"b0.elb.example.com"}, f.certificate(0).Spec.DNSNames)
+	assert.Equal(t, []string{"203.0.113.11"}, f.certificate(1).Spec.IPAddresses)
+	assert.NotContains(t, f.configMap()["status"], patches.FlagTLSAllowedHosts)
+}

@@ -61,6 +61,9 @@ type Reconciler struct {
 	// the brokers' states and nodes its addresses were computed from; when it is removed, that
 	// it is gone. The probe dials nothing else (never what a ConfigMap says).
 	Targets ProbeTargets
+	// CertificateHosts are the hosts of host templates the admin allows each issuer to certify
+	// (serve --tls-allowed-hosts); none when empty.
+	CertificateHosts patches.CertificateHosts
 	// MayWrite, when set, holds every reconcile until it is true: brokerport's
 	// ValidatingAdmissionPolicies are in force (webhook.PolicyGate).
 	MayWrite func() bool
