@@ -86,19 +86,19 @@ func TestCertificateWritesPolicy(t *testing.T) {
 			c.Spec.DNSNames = append(c.Spec.DNSNames, "login.bank.example")
 		})}, deny: "brokerport's Certificates name a broker's in-cluster names in namespace team-a and at most one other host; here 2 hosts are not in-cluster names"},
 		"a name and an address": {req: req{op: admission.Create, obj: with(today, func(c *cmapi.Certificate) { c.Spec.DNSNames = append(c.Spec.DNSNames, "login.bank.example") })}, deny: "here 2 hosts"},
-		"two addresses":         {req: req{op: admission.Create, obj: with(today, func(c *cmapi.Certificate) { c.Spec.IPAddresses = append(c.Spec.IPAddresses, "10.0.0.1") })}, deny: "brokerport's Certificates have at most 5 dnsNames (a broker's 4 in-cluster names and its host) and 1 ipAddress"},
-		"six names": {req: req{op: admission.Create, obj: with(cert(""), func(c *cmapi.Certificate) {
+		"two addresses":         {req: req{op: admission.Create, obj: with(today, func(c *cmapi.Certificate) { c.Spec.IPAddresses = append(c.Spec.IPAddresses, "10.0.0.1") })}, deny: "brokerport's Certificates have at most 3 dnsNames (a broker's 2 in-cluster names and its host) and 1 ipAddress"},
+		"four names": {req: req{op: admission.Create, obj: with(cert(""), func(c *cmapi.Certificate) {
 			c.Spec.DNSNames = append(c.Spec.DNSNames, "kafka-1.kafka-headless.team-a.svc", "kafka-2.kafka-headless.team-a.svc")
-		})}, deny: "at most 5 dnsNames"},
+		})}, deny: "at most 3 dnsNames"},
 		"a wildcard": {req: req{op: admission.Create, obj: cert("*.bank.example")}, deny: "dnsName *.bank.example is a wildcard or a cluster name not of a broker of namespace team-a"},
-		"another namespace's Service": {req: req{op: admission.Create, obj: with(cert(""), func(c *cmapi.Certificate) { c.Spec.DNSNames[3] = "kafka-0.kafka-headless.team-b.svc" })},
+		"another namespace's Service": {req: req{op: admission.Create, obj: with(cert(""), func(c *cmapi.Certificate) { c.Spec.DNSNames[1] = "kafka-0.kafka-headless.team-b.svc" })},
 			deny: "dnsName kafka-0.kafka-headless.team-b.svc is a wildcard or a cluster name"},
 		"the webhook's Service": {req: req{op: admission.Create, obj: cert("brokerport-webhook.brokerport-system.svc")}, deny: "dnsName brokerport-webhook.brokerport-system.svc is a wildcard or a cluster name"},
 		"a cluster.local name":  {req: req{op: admission.Create, obj: cert("kubernetes.default.svc.cluster.local")}, deny: "dnsName kubernetes.default.svc.cluster.local"},
-		"a name of no pod": {req: req{op: admission.Create, obj: with(cert("203.0.113.1"), func(c *cmapi.Certificate) { c.Spec.DNSNames[3] = "api.kafka-headless.team-a.svc" })},
+		"a name of no pod": {req: req{op: admission.Create, obj: with(cert("203.0.113.1"), func(c *cmapi.Certificate) { c.Spec.DNSNames[1] = "api.kafka-headless.team-a.svc" })},
 			deny: "here 2 hosts are not in-cluster names"},
-		"a short form without its .svc name": {req: req{op: admission.Create, obj: with(cert("203.0.113.1"), func(c *cmapi.Certificate) {
-			c.Spec.DNSNames = []string{"kafka-0.kafka-headless.team-b"}
+		"a short form, a public name a tenant could choose": {req: req{op: admission.Create, obj: with(cert("203.0.113.1"), func(c *cmapi.Certificate) {
+			c.Spec.DNSNames = append(c.Spec.DNSNames, "paypal-0.com")
 		})}, deny: "here 2 hosts"},
 	}
 	for name, tc := range tests {

@@ -98,7 +98,10 @@ func BrokerCertificate(sts *appsv1.StatefulSet, cfg Config, ordinal int, host st
 	}
 	pod := fmt.Sprintf("%s-%d", sts.Name, ordinal)
 	if svc := sts.Spec.ServiceName; svc != "" {
-		for _, suffix := range []string{"", "." + sts.Namespace, "." + sts.Namespace + ".svc", "." + sts.Namespace + ".svc.cluster.local"} {
+		// Only the names that end in the cluster's own domain: the short forms <pod>.<service>
+		// and <pod>.<service>.<namespace> are names the tenant chose (a StatefulSet "paypal"
+		// with serviceName "com" would have "paypal-0.com" certified).
+		for _, suffix := range []string{"." + sts.Namespace + ".svc", "." + sts.Namespace + ".svc.cluster.local"} {
 			if n := pod + "." + svc + suffix; !slices.Contains(cert.Spec.DNSNames, n) {
 				cert.Spec.DNSNames = append(cert.Spec.DNSNames, n)
 			}

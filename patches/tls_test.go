@@ -66,7 +66,7 @@ func TestBrokerCertificateForAHostname(t *testing.T) {
 	sts.Spec.ServiceName = "kafka-headless"
 	cert = BrokerCertificate(sts, cfg, 2, "2001:db8::2")
 	assert.Equal(t, []string{"2001:db8::2"}, cert.Spec.IPAddresses)
-	assert.Equal(t, "kafka-2.kafka-headless.ns.svc", cert.Spec.DNSNames[2])
+	assert.Equal(t, []string{"kafka-2.kafka-headless.ns.svc", "kafka-2.kafka-headless.ns.svc.cluster.local"}, cert.Spec.DNSNames, "only names of the cluster domain: the short forms are names a tenant could choose")
 	named, _ = CertificateNames(cert, "2001:0db8::2")
 	assert.True(t, named, "IP addresses compared as addresses")
 }
@@ -223,6 +223,6 @@ func TestBrokerCertificateInClusterNamesOnly(t *testing.T) {
 	cfg, errs := ParseConfig(map[string]string{AnnotationTLSIssuer: "brokers"}, nil, DefaultOptions())
 	require.Empty(t, errs)
 	cert := BrokerCertificate(sts, cfg, 1, "")
-	assert.Equal(t, []string{"kafka-1.kafka-headless", "kafka-1.kafka-headless.ns", "kafka-1.kafka-headless.ns.svc", "kafka-1.kafka-headless.ns.svc.cluster.local"}, cert.Spec.DNSNames)
+	assert.Equal(t, []string{"kafka-1.kafka-headless.ns.svc", "kafka-1.kafka-headless.ns.svc.cluster.local"}, cert.Spec.DNSNames)
 	assert.Empty(t, cert.Spec.IPAddresses)
 }

@@ -113,6 +113,10 @@ func (h *StatefulSetHandler) Handle(ctx context.Context, req admission.Request) 
 		return denied(statefulSetKind, objectName(req, sts.Name), errs)
 	}
 	if base := mutated.Annotations[patches.AnnotationPortBase]; base != sts.Annotations[patches.AnnotationPortBase] && (req.DryRun == nil || !*req.DryRun) {
+		if n := h.recent.pendingBy(key, req.UserInfo.Username); n >= maxPendingHoldsPerUser {
+			return denied(statefulSetKind, objectName(req, sts.Name), field.ErrorList{field.Forbidden(field.NewPath("metadata", "annotations").Key(patches.AnnotationPortBase), fmt.Sprintf(
+				"brokerport holds %d port blocks for your StatefulSet requests the API server has not been seen to store yet, at most %d per requester; they settle within %s: retry then", n, maxPendingHoldsPerUser, holdGrace))})
+		}
 		if n := h.recent.pending(key); n >= maxPendingHolds {
 			return denied(statefulSetKind, objectName(req, sts.Name), field.ErrorList{field.Forbidden(field.NewPath("metadata", "annotations").Key(patches.AnnotationPortBase), fmt.Sprintf(
 				"brokerport holds %d port blocks for StatefulSet requests the API server has not been seen to store yet, at most %d; they settle within %s: retry then", n, maxPendingHolds, holdGrace))})
@@ -364,6 +368,11 @@ const holdGrace = 10 * time.Second
 // assignment is refused with a retry, rather than the admission doing a live read per hold.
 const maxPendingHolds = 64
 
+// maxPendingHoldsPerUser bounds them per requester, so that one tenant sending requests that are
+// never stored cannot reach maxPendingHolds and have everyone else's opt-ins refused; half of it,
+// so that a GitOps tool applying many StatefulSets at once (one requester) is not refused.
+const maxPendingHoldsPerUser = maxPendingHolds / 2
+
 // recentBlocks are blocks assigned by this process to requests that the informer cache may not
 // show stored yet. Only used under StatefulSetHandler.assigning.
 type recentBlocks struct {
@@ -395,6 +404,17 @@ func (r *recentBlocks) pending(key types.NamespacedName) int {
 		return len(r.holds) - 1
 	}
 	return len(r.holds)
+}
+
+// pendingBy is how many of those other holds user asked for.
+func (r *recentBlocks) pendingBy(key types.NamespacedName, user string) int {
+	n := 0
+	for k, b := range r.holds {
+		if k != key && b.user == user {
+			n++
+		}
+	}
+	return n
 }
 
 // shown forgets key's block once the cache holds key with it.

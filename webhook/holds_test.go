@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -50,12 +51,18 @@ const afterGrace = holdGrace + time.Second
 // admitSTS sends the create of StatefulSet namespace/name, opted in with extra annotations
 // (JSON members), through h.
 func admitSTS(h *StatefulSetHandler, namespace, name, annotations string) admission.Response {
+	return admitSTSAs(h, "user-of-"+namespace+"-"+name, namespace, name, annotations)
+}
+
+// admitSTSAs is admitSTS as requested by user.
+func admitSTSAs(h *StatefulSetHandler, user, namespace, name, annotations string) admission.Response {
 	if annotations != "" {
 		annotations = "," + annotations
 	}
 	raw := fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":%q,"namespace":%q,"labels":{"brokerport.io/expose":"true"},"annotations":{"x":"y"%s}},"spec":{"template":{"metadata":{"labels":{"a":"b"}}}}}`, name, namespace, annotations)
 	return h.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 		Operation: admissionv1.Create, Namespace: namespace, Name: name, Object: runtime.RawExtension{Raw: []byte(raw)},
+		UserInfo: authenticationv1.UserInfo{Username: user},
 	}})
 }
 
@@ -178,7 +185,7 @@ func TestPendingHoldsAreBounded(t *testing.T) {
 	h.recent.now = clock.Now
 
 	for i := range maxPendingHolds {
-		resp := admitSTS(h, "tenant", fmt.Sprintf("s%d", i), `"brokerport.io/max-brokers":"1"`)
+		resp := admitSTS(h, fmt.Sprintf("tenant-%d", i), "s", `"brokerport.io/max-brokers":"1"`)
 		require.True(t, resp.Allowed, "%d: %v", i, resp.Result)
 	}
 	resp := admitSTS(h, "team-b", "kafka", "")
@@ -187,13 +194,30 @@ func TestPendingHoldsAreBounded(t *testing.T) {
 	assert.Contains(t, resp.Result.Message, fmt.Sprintf("at most %d", maxPendingHolds))
 	assert.Contains(t, resp.Result.Message, "retry")
 
-	update := admitSTS(h, "tenant", "s0", `"brokerport.io/max-brokers":"1","brokerport.io/port-base":"30000"`)
+	update := admitSTS(h, "tenant-0", "s", `"brokerport.io/max-brokers":"1","brokerport.io/port-base":"30000"`)
 	assert.True(t, update.Allowed, "a StatefulSet that keeps its block needs no hold: %v", update.Result)
 
 	clock.Advance(afterGrace)
 	resp = admitSTS(h, "team-b", "kafka", "")
 	require.True(t, resp.Allowed, "%v", resp.Result)
 	assert.Equal(t, "30000", portBase(resp), "none of them was stored")
+}
+
+// One requester cannot fill the holds for everyone: past its share of never-stored requests
+// within the grace it is refused, another team's opt-in is not.
+func TestPendingHoldsAreBoundedPerRequester(t *testing.T) {
+	opts := patches.DefaultOptions()
+	opts.PortRange = patches.PortRange{First: 30000, Last: 32767}
+	h := NewStatefulSetHandler(ReaderSnapshot{Reader: fake.NewClientBuilder().WithScheme(Scheme()).Build()}, opts)
+	clock := newFakeClock()
+	h.recent.now = clock.Now
+	for i := range maxPendingHoldsPerUser {
+		require.True(t, admitSTSAs(h, "mallory", "mallory", fmt.Sprintf("ghost-%d", i), `"brokerport.io/max-brokers":"1"`).Allowed)
+	}
+	resp := admitSTSAs(h, "mallory", "mallory", "ghost-x", `"brokerport.io/max-brokers":"1"`)
+	require.False(t, resp.Allowed)
+	assert.Contains(t, resp.Result.Message, fmt.Sprintf("at most %d per requester", maxPendingHoldsPerUser))
+	assert.True(t, admitSTS(h, "team-b", "kafka", "").Allowed, "another requester is not refused")
 }
 
 // Concurrent opt-ins, informer events and requests that are never stored (run with -race): a

@@ -10,10 +10,15 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/brokerport/brokerport/patches"
 )
 
 // RBAC is in force as soon as it is applied; a ValidatingAdmissionPolicy only once the API server
@@ -40,32 +45,55 @@ var errNothingToCheck = errors.New("no object to check on")
 
 // policyChecks: a ConfigMap created in kube-system (brokerport-writes), a pod annotation that is
 // not brokerport's (brokerport-pod-writes) and a label added to a StatefulSet
-// (brokerport-statefulset-writes), each on the first object listed, all dry runs.
+// (brokerport-statefulset-writes), each on an object firstToCheck picks, all dry runs.
 var policyChecks = []policyCheck{
 	{policy: "brokerport-writes", write: func(ctx context.Context, c client.Client) error {
 		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: policyCheckName, Namespace: metav1.NamespaceSystem}}
 		return c.Create(ctx, cm, client.DryRunAll)
 	}},
 	{policy: "brokerport-pod-writes", write: func(ctx context.Context, c client.Client) error {
-		var pods corev1.PodList
-		if err := c.List(ctx, &pods, client.Limit(1)); err != nil {
-			return fmt.Errorf("listing a pod to check on: %w", err)
+		pod, err := firstToCheck(ctx, c, &corev1.PodList{})
+		if err != nil {
+			return err
 		}
-		if len(pods.Items) == 0 {
-			return errNothingToCheck
-		}
-		return c.Patch(ctx, &pods.Items[0], client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"`+policyCheckName+`":"dry-run"}}}`)), client.DryRunAll)
+		return c.Patch(ctx, pod, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"`+policyCheckName+`":"dry-run"}}}`)), client.DryRunAll)
 	}},
 	{policy: "brokerport-statefulset-writes", write: func(ctx context.Context, c client.Client) error {
-		var sets appsv1.StatefulSetList
-		if err := c.List(ctx, &sets, client.Limit(1)); err != nil {
-			return fmt.Errorf("listing a StatefulSet to check on: %w", err)
+		sts, err := firstToCheck(ctx, c, &appsv1.StatefulSetList{})
+		if err != nil {
+			return err
 		}
-		if len(sets.Items) == 0 {
-			return errNothingToCheck
-		}
-		return c.Patch(ctx, &sets.Items[0], client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"`+policyCheckName+`":"dry-run"}}}`)), client.DryRunAll)
+		return c.Patch(ctx, sts, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"`+policyCheckName+`":"dry-run"}}}`)), client.DryRunAll)
 	}},
+}
+
+// firstToCheck is the first object of list's kind to make a check's write on: in kube-system
+// first (the policies refuse every write of brokerport's there, its webhooks exclude it, and no
+// tenant's object is touched), else anywhere, but never an opted-in one: brokerport's own webhook
+// is called for those (objectSelector), and is not reachable while no replica is ready.
+func firstToCheck(ctx context.Context, c client.Client, list client.ObjectList) (client.Object, error) {
+	notOptedIn, err := labels.NewRequirement(patches.LabelExpose, selection.NotEquals, []string{patches.ExposeValue})
+	if err != nil {
+		return nil, err
+	}
+	for _, opts := range [][]client.ListOption{
+		{client.InNamespace(metav1.NamespaceSystem), client.Limit(1)},
+		{client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*notOptedIn)}, client.Limit(1)},
+	} {
+		if err := c.List(ctx, list, opts...); err != nil {
+			return nil, fmt.Errorf("listing an object to check on: %w", err)
+		}
+		items, err := meta.ExtractList(list)
+		if err != nil {
+			return nil, err
+		}
+		for _, item := range items {
+			if o, ok := item.(client.Object); ok && !patches.IsExposed(o.GetLabels()) {
+				return o, nil
+			}
+		}
+	}
+	return nil, errNothingToCheck
 }
 
 // CheckPolicies makes each check's dry-run write and returns, joined, an error for every policy

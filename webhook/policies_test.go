@@ -16,11 +16,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/brokerport/brokerport/patches"
 )
 
 // apiServer answers brokerport's dry-run writes as the API server does once the named policies
 // are loaded: refused, naming the policy; any other write is admitted.
 func apiServer(t *testing.T, loaded map[string]bool, objects ...client.Object) client.Client {
+	t.Helper()
+	return apiServerRecording(t, loaded, nil, objects...)
+}
+
+// apiServerRecording is apiServer, appending "namespace/name" of every patched object to patched.
+func apiServerRecording(t *testing.T, loaded map[string]bool, patched *[]string, objects ...client.Object) client.Client {
 	t.Helper()
 	refuse := func(policy string, obj client.Object, opts []string) error {
 		require.Equal(t, []string{metav1.DryRunAll}, opts, "every check is a dry run")
@@ -39,6 +47,9 @@ func apiServer(t *testing.T, loaded map[string]bool, objects ...client.Object) c
 		Patch: func(_ context.Context, _ client.WithWatch, obj client.Object, _ client.Patch, opts ...client.PatchOption) error {
 			o := &client.PatchOptions{}
 			o.ApplyOptions(opts)
+			if patched != nil {
+				*patched = append(*patched, obj.GetNamespace()+"/"+obj.GetName())
+			}
 			switch obj.(type) {
 			case *corev1.Pod:
 				return refuse("brokerport-pod-writes", obj, o.DryRun)
@@ -83,6 +94,28 @@ func TestCheckPolicies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The checks touch kube-system's objects first, and never an opted-in one: brokerport's own
+// webhook is called for those, and it is not reachable while no replica is ready.
+func TestPolicyChecksPickTheirObjects(t *testing.T) {
+	all := map[string]bool{"brokerport-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}
+	exposed := map[string]string{patches.LabelExpose: patches.ExposeValue}
+	var patched []string
+	unchecked, err := CheckPolicies(context.Background(), apiServerRecording(t, all, &patched,
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "a-team"}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "coredns", Namespace: "kube-system"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "kafka", Namespace: "a-team", Labels: exposed}}))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"kube-system/coredns"}, patched)
+	assert.Equal(t, []string{"brokerport-statefulset-writes"}, unchecked, "an opted-in StatefulSet is not checked on")
+
+	patched = nil
+	_, err = CheckPolicies(context.Background(), apiServerRecording(t, all, &patched,
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "kafka", Namespace: "a-team", Labels: exposed}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "b-team"}}))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b-team/db"}, patched)
 }
 
 func TestPolicyGate(t *testing.T) {

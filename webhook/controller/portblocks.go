@@ -64,6 +64,10 @@ type PortBlocksWriter struct {
 	MayWrite func() bool
 }
 
+// portBlocksResync looks again at the ConfigMap, which nothing watches: one an admin deleted or
+// edited is written again within a minute.
+var portBlocksResync = reconcile.Result{RequeueAfter: time.Minute}
+
 var portBlocksRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: PortBlocksConfigMap}}
 
 // SetupWithManager writes the blocks at start and whenever an opted-in StatefulSet changes.
@@ -115,7 +119,7 @@ func (w *PortBlocksWriter) Reconcile(ctx context.Context, _ reconcile.Request) (
 	case err != nil:
 		return reconcile.Result{}, fmt.Errorf("getting ConfigMap %s: %w", key, err)
 	case maps.Equal(current.Data, data):
-		return reconcile.Result{}, nil
+		return portBlocksResync, nil
 	default:
 		current.Data = data
 		if err := w.Client.Update(ctx, current); err != nil {
@@ -123,5 +127,5 @@ func (w *PortBlocksWriter) Reconcile(ctx context.Context, _ reconcile.Request) (
 		}
 	}
 	logf.FromContext(ctx).Info("wrote the assigned port blocks", "configmap", key, "blocks", len(data))
-	return reconcile.Result{}, nil
+	return portBlocksResync, nil
 }

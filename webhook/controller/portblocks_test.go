@@ -57,6 +57,14 @@ func TestPortBlocksWriter(t *testing.T) {
 	assert.Equal(t, map[string]string{"team-a.kafka": "30000-30007"}, cm.Data)
 	assert.Equal(t, patches.ManagedByValue, cm.Labels[patches.LabelManagedBy])
 
+	// Deleted by hand: written again at the next look.
+	require.NoError(t, c.Delete(ctx, cm))
+	res, err = w.Reconcile(ctx, reconcile.Request{})
+	require.NoError(t, err)
+	assert.NotZero(t, res.RequeueAfter, "the ConfigMap is looked at again")
+	require.NoError(t, c.Get(ctx, key, cm))
+	assert.Equal(t, map[string]string{"team-a.kafka": "30000-30007"}, cm.Data)
+
 	require.NoError(t, c.Delete(ctx, &sts))
 	_, err = w.Reconcile(ctx, reconcile.Request{})
 	require.NoError(t, err)
