@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -15,10 +17,12 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/brokerport/brokerport/patches"
+	"github.com/brokerport/brokerport/webhook/controller"
 )
 
 // RBAC is in force as soon as it is applied; a ValidatingAdmissionPolicy only once the API server
@@ -43,13 +47,30 @@ type policyCheck struct {
 // would protect yet.
 var errNothingToCheck = errors.New("no object to check on")
 
-// policyChecks: a ConfigMap created in kube-system (brokerport-writes), a pod annotation that is
+// policyChecks: a ConfigMap created in kube-system (brokerport-writes), a CA Certificate where
+// cert-manager is installed (brokerport-certificate-writes), a pod annotation that is
 // not brokerport's (brokerport-pod-writes) and a label added to a StatefulSet
 // (brokerport-statefulset-writes), each on an object firstToCheck picks, all dry runs.
 var policyChecks = []policyCheck{
 	{policy: "brokerport-writes", write: func(ctx context.Context, c client.Client) error {
 		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: policyCheckName, Namespace: metav1.NamespaceSystem}}
 		return c.Create(ctx, cm, client.DryRunAll)
+	}},
+	// Where cert-manager is installed: a CA certificate, labeled and owned as brokerport's own
+	// (so that brokerport-writes admits it), in namespace default, which every cluster has.
+	{policy: "brokerport-certificate-writes", write: func(ctx context.Context, c client.Client) error {
+		if !controller.CertManagerInstalled(c.RESTMapper()) {
+			return errNothingToCheck
+		}
+		owner := "brokerport-policy-check"
+		cert := &cmapi.Certificate{
+			ObjectMeta: metav1.ObjectMeta{Name: policyCheckName, Namespace: metav1.NamespaceDefault,
+				Labels:          map[string]string{patches.LabelManagedBy: patches.ManagedByValue, patches.LabelCluster: owner},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: owner, UID: "policy-check", Controller: ptr.To(true)}}},
+			Spec: cmapi.CertificateSpec{SecretName: policyCheckName, IsCA: true, DNSNames: []string{"policy-check.invalid"},
+				IssuerRef: cmmeta.IssuerReference{Kind: cmapi.IssuerKind, Name: policyCheckName}},
+		}
+		return c.Create(ctx, cert, client.DryRunAll)
 	}},
 	{policy: "brokerport-pod-writes", write: func(ctx context.Context, c client.Client) error {
 		pod, err := firstToCheck(ctx, c, &corev1.PodList{})

@@ -6,11 +6,13 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -30,6 +32,19 @@ func apiServer(t *testing.T, loaded map[string]bool, objects ...client.Object) c
 // apiServerRecording is apiServer, appending "namespace/name" of every patched object to patched.
 func apiServerRecording(t *testing.T, loaded map[string]bool, patched *[]string, objects ...client.Object) client.Client {
 	t.Helper()
+	return apiServerWith(t, true, loaded, patched, objects...)
+}
+
+// apiServerWith is apiServerRecording, with cert-manager's Certificates served or not.
+func apiServerWith(t *testing.T, certManager bool, loaded map[string]bool, patched *[]string, objects ...client.Object) client.Client {
+	t.Helper()
+	mapper := meta.NewDefaultRESTMapper(nil)
+	for _, gvk := range []schema.GroupVersionKind{corev1.SchemeGroupVersion.WithKind("ConfigMap"), corev1.SchemeGroupVersion.WithKind("Pod"), appsv1.SchemeGroupVersion.WithKind("StatefulSet")} {
+		mapper.Add(gvk, meta.RESTScopeNamespace)
+	}
+	if certManager {
+		mapper.Add(cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateKind), meta.RESTScopeNamespace)
+	}
 	refuse := func(policy string, obj client.Object, opts []string) error {
 		require.Equal(t, []string{metav1.DryRunAll}, opts, "every check is a dry run")
 		if !loaded[policy] {
@@ -38,10 +53,13 @@ func apiServerRecording(t *testing.T, loaded map[string]bool, patched *[]string,
 		return apierrors.NewForbidden(schema.GroupResource{Resource: fmt.Sprintf("%T", obj)}, obj.GetName(),
 			fmt.Errorf("ValidatingAdmissionPolicy '%s' with binding '%s' denied request: no", policy, policy))
 	}
-	return fake.NewClientBuilder().WithScheme(Scheme()).WithObjects(objects...).WithInterceptorFuncs(interceptor.Funcs{
+	return fake.NewClientBuilder().WithScheme(Scheme()).WithRESTMapper(mapper).WithObjects(objects...).WithInterceptorFuncs(interceptor.Funcs{
 		Create: func(_ context.Context, _ client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			o := &client.CreateOptions{}
 			o.ApplyOptions(opts)
+			if _, ok := obj.(*cmapi.Certificate); ok {
+				return refuse("brokerport-certificate-writes", obj, o.DryRun)
+			}
 			return refuse("brokerport-writes", obj, o.DryRun)
 		},
 		Patch: func(_ context.Context, _ client.WithWatch, obj client.Object, _ client.Patch, opts ...client.PatchOption) error {
@@ -65,7 +83,7 @@ func apiServerRecording(t *testing.T, loaded map[string]bool, patched *[]string,
 func TestCheckPolicies(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "coredns", Namespace: "kube-system"}}
 	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "team-a"}}
-	all := map[string]bool{"brokerport-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}
+	all := map[string]bool{"brokerport-writes": true, "brokerport-certificate-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}
 	tests := map[string]struct {
 		loaded    map[string]bool
 		objects   []client.Object
@@ -73,7 +91,7 @@ func TestCheckPolicies(t *testing.T) {
 		missing   []string // policies the error names
 	}{
 		"every policy in force":              {loaded: all, objects: []client.Object{pod, sts}},
-		"none loaded yet":                    {loaded: nil, objects: []client.Object{pod, sts}, missing: []string{"brokerport-writes", "brokerport-pod-writes", "brokerport-statefulset-writes"}},
+		"none loaded yet":                    {loaded: nil, objects: []client.Object{pod, sts}, missing: []string{"brokerport-writes", "brokerport-certificate-writes", "brokerport-pod-writes", "brokerport-statefulset-writes"}},
 		"the StatefulSet one is late":        {loaded: map[string]bool{"brokerport-writes": true, "brokerport-pod-writes": true}, objects: []client.Object{pod, sts}, missing: []string{"brokerport-statefulset-writes"}},
 		"no pod nor StatefulSet to check on": {loaded: all, unchecked: []string{"brokerport-pod-writes", "brokerport-statefulset-writes"}},
 	}
@@ -99,7 +117,7 @@ func TestCheckPolicies(t *testing.T) {
 // The checks touch kube-system's objects first, and never an opted-in one: brokerport's own
 // webhook is called for those, and it is not reachable while no replica is ready.
 func TestPolicyChecksPickTheirObjects(t *testing.T) {
-	all := map[string]bool{"brokerport-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}
+	all := map[string]bool{"brokerport-writes": true, "brokerport-certificate-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}
 	exposed := map[string]string{patches.LabelExpose: patches.ExposeValue}
 	var patched []string
 	unchecked, err := CheckPolicies(context.Background(), apiServerRecording(t, all, &patched,
@@ -118,10 +136,17 @@ func TestPolicyChecksPickTheirObjects(t *testing.T) {
 	assert.Equal(t, []string{"b-team/db"}, patched)
 }
 
+// Without cert-manager there is no Certificate to write, and no policy of its to check.
+func TestPolicyChecksWithoutCertManager(t *testing.T) {
+	unchecked, err := CheckPolicies(context.Background(), apiServerWith(t, false, map[string]bool{"brokerport-writes": true}, nil))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"brokerport-certificate-writes", "brokerport-pod-writes", "brokerport-statefulset-writes"}, unchecked)
+}
+
 func TestPolicyGate(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "a"}}
 	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "s", Namespace: "a"}}
-	gate := &PolicyGate{Client: apiServer(t, map[string]bool{"brokerport-writes": true, "brokerport-pod-writes": true}, pod, sts)}
+	gate := &PolicyGate{Client: apiServer(t, map[string]bool{"brokerport-writes": true, "brokerport-certificate-writes": true, "brokerport-pod-writes": true}, pod, sts)}
 	assert.False(t, gate.InForce())
 	require.ErrorContains(t, gate.Ready(), "not been checked yet")
 
@@ -134,7 +159,7 @@ func TestPolicyGate(t *testing.T) {
 	cancel()
 	<-done
 
-	inForce := &PolicyGate{Client: apiServer(t, map[string]bool{"brokerport-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}, pod, sts)}
+	inForce := &PolicyGate{Client: apiServer(t, map[string]bool{"brokerport-writes": true, "brokerport-certificate-writes": true, "brokerport-pod-writes": true, "brokerport-statefulset-writes": true}, pod, sts)}
 	require.NoError(t, inForce.Start(context.Background()), "returns once in force")
 	assert.True(t, inForce.InForce())
 	assert.NoError(t, inForce.Ready())
