@@ -228,3 +228,53 @@ func TestChartLints(t *testing.T) {
 		}
 	}
 }
+
+// networkPolicy.enabled adds a NetworkPolicy and nothing else: the webhook port admits only the
+// CIDRs given, the metrics port only the namespaces given, both named as the Deployment names its
+// container ports.
+func TestChartNetworkPolicy(t *testing.T) {
+	out, err := render(t, map[string]any{"networkPolicy": map[string]any{
+		"enabled": true, "apiServerCIDRs": []any{"10.0.0.0/24", "fd00::/64"}, "metricsNamespaces": []any{"monitoring"},
+	}})
+	require.NoError(t, err)
+	got := parse(t, out)
+	np := "networking.k8s.io/v1 NetworkPolicy brokerport-system/brokerport"
+	require.Contains(t, got, np)
+	policy := got[np]
+	delete(got, np)
+	assertSame(t, build(t, "default"), got)
+
+	want := map[string]any{
+		"podSelector": map[string]any{"matchLabels": map[string]any{"app.kubernetes.io/name": "brokerport"}},
+		"policyTypes": []any{"Ingress"},
+		"ingress": []any{
+			map[string]any{
+				"ports": []any{map[string]any{"port": "webhook", "protocol": "TCP"}},
+				"from":  []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.0.0.0/24"}}, map[string]any{"ipBlock": map[string]any{"cidr": "fd00::/64"}}},
+			},
+			map[string]any{
+				"ports": []any{map[string]any{"port": "metrics", "protocol": "TCP"}},
+				"from":  []any{map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}}}},
+			},
+		},
+	}
+	if diff := cmp.Diff(want, policy["spec"]); diff != "" {
+		t.Errorf("NetworkPolicy spec (-want +got):\n%s", diff)
+	}
+	// The named ports are the container's.
+	deployment := got["apps/v1 Deployment brokerport-system/brokerport"]
+	require.NotNil(t, deployment)
+	var names []string
+	for _, c := range deployment["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any) {
+		for _, p := range c.(map[string]any)["ports"].([]any) {
+			names = append(names, p.(map[string]any)["name"].(string))
+		}
+	}
+	assert.Subset(t, names, []string{"webhook", "metrics"})
+}
+
+func TestChartNetworkPolicyNeedsTheAPIServer(t *testing.T) {
+	_, err := render(t, map[string]any{"networkPolicy": map[string]any{"enabled": true}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "networkPolicy.apiServerCIDRs")
+}
