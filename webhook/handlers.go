@@ -425,8 +425,8 @@ func (r *recentBlocks) shown(key types.NamespacedName, block patches.PortRange) 
 }
 
 // others are the held blocks of StatefulSets other than key. One the cache shows (cached gives
-// it that block) is forgotten: the cache holds it from then on, and frees it when the
-// StatefulSet goes. One past its grace is read live (stored): kept for another grace if the API
+// it that block) is forgotten after this call: the cache holds it from then on, and frees it when
+// the StatefulSet goes. One past its grace is read live (stored): kept for another grace if the API
 // server has the StatefulSet with that block, else forgotten; kept if the read fails.
 func (r *recentBlocks) others(ctx context.Context, key types.NamespacedName,
 	cached func(context.Context, types.NamespacedName) (patches.PortRange, bool),
@@ -434,8 +434,14 @@ func (r *recentBlocks) others(ctx context.Context, key types.NamespacedName,
 	var out []patches.Reservation
 	now := r.now()
 	for k, b := range r.holds {
+		reservation := patches.Reservation{PortRange: b.block, Owner: fmt.Sprintf("StatefulSet %s (assigned moments ago)", k)}
 		if block, ok := cached(ctx, k); ok && block == b.block {
 			r.shown(k, block)
+			// Still reserved for this admission: the cache may have shown it only after the
+			// caller listed the ports in use, which then lack it.
+			if k != key {
+				out = append(out, reservation)
+			}
 			continue
 		}
 		if k == key {
@@ -455,7 +461,7 @@ func (r *recentBlocks) others(ctx context.Context, key types.NamespacedName,
 				continue
 			}
 		}
-		out = append(out, patches.Reservation{PortRange: b.block, Owner: fmt.Sprintf("StatefulSet %s (assigned moments ago)", k)})
+		out = append(out, reservation)
 	}
 	return out
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/brokerport/brokerport/patches"
@@ -218,6 +219,39 @@ func TestPendingHoldsAreBoundedPerRequester(t *testing.T) {
 	require.False(t, resp.Allowed)
 	assert.Contains(t, resp.Result.Message, fmt.Sprintf("at most %d per requester", maxPendingHoldsPerUser))
 	assert.True(t, admitSTS(h, "team-b", "kafka", "").Allowed, "another requester is not refused")
+}
+
+// The race TestConcurrentHoldsAndGhosts found: a held block's StatefulSet reaches the cache after
+// the next admission listed the ports in use and before it looked at the holds. The hold is
+// forgotten then (the cache has it from now on), but must still count for that admission, whose
+// list lacks it.
+func TestHeldBlockShownBetweenListAndHoldsStillCounts(t *testing.T) {
+	reader := fake.NewClientBuilder().WithScheme(Scheme()).Build()
+	var hidden client.ObjectKey // listed by no List while set: the cache before its event
+	cache := interceptor.NewClient(reader, interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if err := c.List(ctx, list, opts...); err != nil {
+				return err
+			}
+			if sets, ok := list.(*appsv1.StatefulSetList); ok {
+				sets.Items = slices.DeleteFunc(sets.Items, func(s appsv1.StatefulSet) bool { return client.ObjectKeyFromObject(&s) == hidden })
+			}
+			return nil
+		},
+	})
+	h := NewStatefulSetHandler(ReaderSnapshot{Reader: cache}, patches.DefaultOptions())
+	h.recent.now = newFakeClock().Now
+
+	first := admitSTS(h, "team-a", "kafka", "")
+	require.True(t, first.Allowed, "%v", first.Result)
+	require.Equal(t, "30000", portBase(first))
+	// Stored, and seen by a Get of the cache but not by the List the next admission makes first.
+	hidden = client.ObjectKey{Namespace: "team-a", Name: "kafka"}
+	require.NoError(t, reader.Create(context.Background(), stored("team-a", "kafka", "30000", nil)))
+
+	second := admitSTS(h, "team-b", "kafka", "")
+	require.True(t, second.Allowed, "%v", second.Result)
+	assert.Equal(t, "30008", portBase(second), "team-a's block is still taken")
 }
 
 // Concurrent opt-ins, informer events and requests that are never stored (run with -race): a
