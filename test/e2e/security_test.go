@@ -77,21 +77,8 @@ func TestSecurity(t *testing.T) {
 // are created): dry-run requests, which admission sees, are refused.
 func policiesAccepted(t *testing.T, ctx context.Context, owner *appsv1.StatefulSet) {
 	block := assignedBlock(t, ctx)
-	policies := env.clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies()
 	for _, name := range []string{"brokerport-port-band", "brokerport-writes", "brokerport-pod-writes", "brokerport-statefulset-writes"} {
-		require.NoError(t, waitFor(ctx, 30*time.Second, "type checking of "+name, func() error {
-			p, err := policies.Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if p.Status.TypeChecking == nil || p.Status.ObservedGeneration != p.Generation {
-				return fmt.Errorf("not type-checked yet")
-			}
-			for _, w := range p.Status.TypeChecking.ExpressionWarnings {
-				t.Errorf("%s %s: %s", name, w.FieldRef, w.Warning)
-			}
-			return nil
-		}))
+		typeChecked(t, ctx, name)
 	}
 	bp := asBrokerport(t)
 	probes := map[string]func() error{
@@ -113,6 +100,26 @@ func policiesAccepted(t *testing.T, ctx context.Context, owner *appsv1.StatefulS
 			return nil
 		}))
 	}
+}
+
+// typeChecked waits until the API server has type-checked policy name against the schemas of
+// the kinds it matches, and fails the test for each warning.
+func typeChecked(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	policies := env.clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies()
+	require.NoError(t, waitFor(ctx, 30*time.Second, "type checking of "+name, func() error {
+		p, err := policies.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.TypeChecking == nil || p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("not type-checked yet")
+		}
+		for _, w := range p.Status.TypeChecking.ExpressionWarnings {
+			t.Errorf("%s %s: %s", name, w.FieldRef, w.Warning)
+		}
+		return nil
+	}))
 }
 
 // assignedBlock opts in StatefulSet "blocked" of the security namespace, with no brokers, once,

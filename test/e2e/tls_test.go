@@ -118,20 +118,7 @@ func TestTLS(t *testing.T) {
 // refuses, to brokerport's identity, one that asks for more (a CA naming two hosts), all dry runs.
 func certificateWritesPolicy(t *testing.T, ctx context.Context, sts *appsv1.StatefulSet) {
 	const name = "brokerport-certificate-writes"
-	policies := env.clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies()
-	require.NoError(t, waitFor(ctx, 30*time.Second, "type checking of "+name, func() error {
-		p, err := policies.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if p.Status.TypeChecking == nil || p.Status.ObservedGeneration != p.Generation {
-			return fmt.Errorf("not type-checked yet")
-		}
-		for _, w := range p.Status.TypeChecking.ExpressionWarnings {
-			t.Errorf("%s %s: %s", name, w.FieldRef, w.Warning)
-		}
-		return nil
-	}))
+	typeChecked(t, ctx, name)
 	cfg, errs := patches.ParseConfig(sts.Annotations, nil, patches.DefaultOptions())
 	require.Empty(t, errs)
 	bp := asBrokerport(t)
