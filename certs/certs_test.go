@@ -137,10 +137,6 @@ func webhookBundle(t *testing.T, c client.Client) []byte {
 	return mwc.Webhooks[0].ClientConfig.CABundle
 }
 
-func contains(certs []*x509.Certificate, c *x509.Certificate) bool {
-	return slices.ContainsFunc(certs, c.Equal)
-}
-
 // The serving certificate is renewed every 2h, and the CA (at ~66h) too, while the server keeps
 // serving: every bundle an API server may still hold (any the webhook configuration carried
 // within the grace period) verifies what is served, at every step. The steps are driven one by

@@ -13,6 +13,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -320,4 +321,24 @@ func TestConcurrentHoldsAndGhosts(t *testing.T) {
 	var list appsv1.StatefulSetList
 	require.NoError(t, reader.List(ctx, &list, client.InNamespace("kafka")))
 	assert.Len(t, list.Items, 10)
+}
+
+// A Service that took free ports of the band (the Redpanda chart's default external Service,
+// 30081 and 30082, which the band policy now admits) is skipped by the next blocks assigned.
+func TestBlocksSkipPortsServicesHold(t *testing.T) {
+	chart := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "redpanda", Name: "redpanda-external"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{
+			{Name: "http-default", Port: 8083, NodePort: 30082}, {Name: "schema-default", Port: 8084, NodePort: 30081}}}}
+	reader := fake.NewClientBuilder().WithScheme(Scheme()).WithObjects(chart).Build()
+	opts := patches.DefaultOptions()
+	opts.PortRange = patches.PortRange{First: 30078, Last: 30085}
+	h := NewStatefulSetHandler(ReaderSnapshot{Reader: reader}, opts)
+	h.recent.now = newFakeClock().Now
+
+	first := admitSTS(h, "team-a", "kafka", `"brokerport.io/max-brokers":"3"`)
+	require.True(t, first.Allowed, "%v", first.Result)
+	assert.Equal(t, "30078", portBase(first), "30078-30080: below the chart's ports")
+	second := admitSTS(h, "team-b", "kafka", `"brokerport.io/max-brokers":"3"`)
+	require.True(t, second.Allowed, "%v", second.Result)
+	assert.Equal(t, "30083", portBase(second), "30083-30085: past the chart's 30081 and 30082")
 }
